@@ -1,0 +1,1 @@
+"""The `tune` command. One module per verb; none imports torch until the verb runs."""

@@ -1,0 +1,87 @@
+"""`tune run [TORCHRUN-OPTIONS] RECIPE --config CONFIG [OVERRIDES]`: run a recipe.
+
+RECIPE is a name from `tune ls` or a path to a recipe file (`./my_recipe.py`). Without
+torchrun options the recipe runs in this process; with any (`--nproc_per_node 2`,
+`--nnodes`, `--rdzv_endpoint`, ...) the config is checked here first and the recipe is then
+handed to torchrun, which starts one process per device.
+
+Options of tune itself (anywhere before the overrides):
+    --allow-module MODULE   let `_component_` import from MODULE (repeatable)
+
+Overrides: key=value, --key=value, --key value, ~key (remove), +key=value (add).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from tunelib import registry
+from tunelib.cli import recipe_modules
+from tunelib.cli.words import take_options
+from tunelib.config import allow_module, build_config, split_config_arg
+from tunelib.config.components import set_recipe_namespace
+from tunelib.config.parse import run_main
+from tunelib.errors import ConfigError
+
+
+def add_parser(sub) -> None:
+    # Only for `tune --help`; main() hands `tune run ...` to run_words before argparse.
+    sub.add_parser("run", help="run a recipe on one device, or many through torchrun", add_help=False)
+
+
+def run_words(words: list[str]) -> int:
+    """Run `tune run` with the words after `run`; return the exit code."""
+    if not words or words[0] in ("-h", "--help"):
+        print(__doc__.strip())
+        return 0
+    options, words = take_options(words, ("allow-module",))
+    for module in options["allow-module"]:
+        allow_module(module)
+    if words[0].startswith("-"):
+        return _run_distributed(words)
+    recipe, rest = words[0], words[1:]
+    path = recipe_modules.recipe_path(recipe)
+    config, overrides = split_config_arg(rest)
+    module = recipe_modules.load(path)
+    main, schema = recipe_modules.main_and_schema(module)
+    cfg = build_config(registry.find_config(config), overrides, schema)
+    set_recipe_namespace(vars(module))
+    return run_main(main, cfg)
+
+
+def _run_distributed(words: list[str]) -> int:
+    """Check the config here, then start torchrun with the recipe file as its script."""
+    from torch.distributed.run import get_args_parser
+
+    parser = get_args_parser()
+    parser.prog = "tune run"
+    args = parser.parse_args(words)
+    recipe = registry.find_recipe(args.training_script) if not args.training_script.endswith(".py") else None
+    if recipe is not None and not recipe.distributed:
+        raise ConfigError(f"recipe {recipe.name} runs on one device; run it without torchrun options")
+    path = recipe_modules.recipe_path(args.training_script)
+    config, overrides = split_config_arg(list(args.training_script_args))
+    config_path = registry.find_config(config).resolve()
+    _, schema = recipe_modules.main_and_schema(recipe_modules.load(path))
+    build_config(config_path, overrides, schema)  # fail here, before any process starts
+    args.training_script = str(path)
+    args.training_script_args = ["--config", str(config_path), *overrides]
+    if not args.rdzv_endpoint and str(args.nnodes) == "1":
+        args.standalone = True  # a free local port, so two runs on one machine do not collide
+    print(f"Running {Path(path).stem} with torchrun on {args.nproc_per_node} process(es) per node...", flush=True)
+    return _torchrun(args)
+
+
+def _torchrun(args) -> int:
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import run
+
+    try:
+        run(args)
+    except ChildFailedError as e:
+        rank, failure = min(e.failures.items())
+        print(f"tune: error: rank {rank} failed with exit code {failure.exitcode}"
+              f" (see its output above)", file=sys.stderr)
+        return failure.exitcode if failure.exitcode > 0 else 1
+    return 0

@@ -1,0 +1,43 @@
+"""Read a YAML config file into an OmegaConf node, with errors that name the file and line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tunelib.errors import ConfigError
+
+
+def load_yaml(path: str | Path):
+    """Load a config file.
+
+    Returns:
+        An OmegaConf DictConfig (interpolations such as ${output_dir} are kept, not resolved).
+
+    Raises:
+        ConfigError: the file is missing, is not YAML, or its top level is not a mapping.
+    """
+    import yaml
+    from omegaconf import DictConfig, OmegaConf
+
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    if path.suffix not in (".yaml", ".yml"):
+        raise ConfigError(f"config {path} must be a YAML file (.yaml or .yml)")
+    try:
+        cfg = OmegaConf.load(path)
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(f"{path}:{where}: malformed YAML: {e.problem or e.context}") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: malformed YAML: {e}") from None
+    except Exception as e:  # omegaconf's own grammar errors (bad interpolation syntax, ...)
+        raise ConfigError(f"{path}: cannot read config: {_first_line(e)}") from None
+    if not isinstance(cfg, DictConfig):
+        raise ConfigError(f"{path}: the top level of a config must be a mapping of keys to values")
+    return cfg
+
+
+def _first_line(e: Exception) -> str:
+    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
