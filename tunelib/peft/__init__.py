@@ -1,10 +1,46 @@
 """Parameter-efficient fine-tuning as model transformations, written once for all families.
 
 `apply_peft` swaps modules of a (meta-device) model by their Hugging Face names; the model
-code itself knows nothing about adapters.
+code itself knows nothing about adapters. A recipe then does, in this order:
+
+    model = builder(**model_settings)                       # calls apply_peft, on meta
+    load_hf_weights(model, folder, dtype=..., device=...,
+                    transform=nf4_transform(model),        # NF4 for QLoRA, else None
+                    ignore_missing=is_adapter_key)
+    initialize_adapters(model, device, dtype)               # A, B, then DoRA magnitudes
+    set_trainable(model)                                    # only adapters train
+    ...train...
+    save_peft_adapter(model, out / "adapter", base_model_name_or_path=...)
+    weights, config_updates = merged_state_dict(model)      # plain HF weights
+
+Parameter names stay Hugging Face's, so a PEFT adapter key is `base_model.model.` + ours.
 """
 
 from __future__ import annotations
+
+from tunelib.errors import ConfigError
+from tunelib.peft import targets
+from tunelib.peft.dora import DoRAEmbedding, DoRALinear
+from tunelib.peft.fused import (
+    LoraWeights,
+    fuse_adapter_state_dict,
+    fuse_lora,
+    split_adapter_state_dict,
+    split_fused_lora,
+)
+from tunelib.peft.lora import LoRAEmbedding, LoRALinear, LoraSpec
+from tunelib.peft.merge import merged_state_dict
+from tunelib.peft.params import (
+    adapter_params,
+    adapter_state_dict,
+    initialize_adapters,
+    is_adapter_key,
+    lora_modules,
+    set_trainable,
+)
+from tunelib.peft.peft_folder import adapter_config, load_peft_adapter, save_peft_adapter
+from tunelib.peft.swap import add_adapters
+from tunelib.quantization import nf4_transform
 
 
 def apply_peft(
@@ -25,8 +61,64 @@ def apply_peft(
 
     Every model builder takes exactly these keywords (plus `checkpoint_dir`) and passes them
     here, so the LoRA/DoRA/QLoRA keys of a config work with every family.
+
+    - `lora_attn_modules`: any of q_proj, k_proj, v_proj, o_proj (torchtune's `output_proj`
+      is read as `o_proj`); `apply_lora_to_mlp`: gate_proj, up_proj, down_proj;
+      `apply_lora_to_output`: lm_head (with tied embeddings only the delta is on lm_head);
+      `apply_lora_to_embeddings`: embed_tokens.
+    - `lora_rank`, `lora_alpha`, `lora_dropout` (on the LoRA input only), `use_rslora`
+      (scale alpha/sqrt(rank) instead of alpha/rank), `use_dora` (every target gets DoRA).
+    - `quantize_base`: QLoRA; every linear inside the decoder layers holds a frozen NF4 weight.
+
+    With no target and no DoRA/QLoRA the model is returned unchanged (full fine-tuning).
+    Raises ConfigError for an unknown module name, a bad value, DoRA or QLoRA without any
+    target, or a weight NF4 cannot hold (its name and shape are in the message).
     """
-    wants_adapter = bool(lora_attn_modules) or apply_lora_to_mlp or apply_lora_to_output
-    if wants_adapter or apply_lora_to_embeddings or use_dora or quantize_base:
-        raise NotImplementedError("LoRA/DoRA/QLoRA transformations are being written")
+    leaves = targets.leaf_targets(lora_attn_modules, apply_lora_to_mlp, apply_lora_to_output,
+                                  apply_lora_to_embeddings)
+    if not leaves:
+        for flag, on in (("use_dora", use_dora), ("quantize_base", quantize_base)):
+            if on:
+                raise ConfigError(
+                    f"{flag}=True needs LoRA targets: set lora_attn_modules, apply_lora_to_mlp, "
+                    "apply_lora_to_output or apply_lora_to_embeddings"
+                )
+        return model
+    spec = _spec(lora_rank, lora_alpha, lora_dropout, use_rslora, use_dora)
+    names = targets.modules_named(model, leaves)
+    add_adapters(model, {name: spec for name in names}, quantize_base=quantize_base)
     return model
+
+
+def _spec(rank, alpha, dropout, use_rslora, use_dora) -> LoraSpec:
+    if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
+        raise ConfigError(f"lora_rank must be a positive integer, got {rank!r}")
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or alpha <= 0:
+        raise ConfigError(f"lora_alpha must be a positive number, got {alpha!r}")
+    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
+        raise ConfigError(f"lora_dropout must be a number in [0, 1), got {dropout!r}")
+    return LoraSpec(rank, float(alpha), float(dropout), bool(use_rslora), bool(use_dora))
+
+
+__all__ = [
+    "DoRAEmbedding",
+    "DoRALinear",
+    "LoRAEmbedding",
+    "LoRALinear",
+    "LoraSpec",
+    "adapter_config",
+    "adapter_params",
+    "adapter_state_dict",
+    "add_adapters",
+    "apply_peft",
+    "fuse_lora",
+    "initialize_adapters",
+    "is_adapter_key",
+    "load_peft_adapter",
+    "lora_modules",
+    "merged_state_dict",
+    "nf4_transform",
+    "save_peft_adapter",
+    "set_trainable",
+    "split_fused_lora",
+]

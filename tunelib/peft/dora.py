@@ -1,0 +1,100 @@
+"""DoRA (Liu et al. 2024): LoRA with a learned magnitude per output row, computed as PEFT does.
+
+`W' = m ⊙ (W + s·BA) / ‖W + s·BA‖`, the norm taken per output row of the (out, in) weight and
+detached from the graph (the paper's memory saving). The bias is added unscaled, as in PEFT
+(torchtune scales it, which differs for layers with a bias such as Qwen2's q/k/v).
+
+The magnitude `lora_magnitude_vector` (PEFT's name, no `.weight`) must start at the norm of
+the *loaded* base weight, so `initialize_adapters` sets it after loading, from the
+dequantised weight under QLoRA.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from tunelib.peft.lora import LoRAEmbedding, LoRALinear, LoraSpec
+from tunelib.quantization import nf4
+
+
+class DoRALinear(LoRALinear):
+    """LoRALinear plus `lora_magnitude_vector (out,)`."""
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, spec: LoraSpec, *, quantize_base: bool = False) -> DoRALinear:
+        module = super().from_linear(linear, spec, quantize_base=quantize_base)
+        module.lora_magnitude_vector = nn.Parameter(
+            torch.empty(linear.out_features, device="meta", dtype=module.lora_A.weight.dtype)
+        )
+        return module
+
+    def weight_norm(self, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """‖W + s·BA‖ per output row, shape (out,), detached; in fp32 unless `dtype` is given."""
+        dtype = dtype or torch.float32
+        weight = nf4.dequantize(self.weight, dtype)
+        lora = (self.lora_B.weight @ self.lora_A.weight).to(dtype)
+        return torch.linalg.norm(weight + self.scaling * lora.detach(), dim=1).detach()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.base_forward(x)
+        x = x.to(self.lora_A.weight.dtype)
+        scale = (self.lora_magnitude_vector / self.weight_norm(x.dtype)).view(1, -1)  # (1, out)
+        if self.training and isinstance(self.lora_dropout, nn.Dropout):
+            # PEFT recomputes the base product on the dropped-out input when dropout is active.
+            x = self.lora_dropout(x)
+            base = nf4.linear(x, nf4.dequantize(self.weight, x.dtype))
+        else:
+            base = out if self.bias is None else out - self.bias
+        lora = self.lora_B(self.lora_A(x)) * self.scaling
+        return out + ((scale - 1) * base + scale * lora).to(out.dtype)
+
+    def merged_weight(self) -> torch.Tensor:
+        """`(m / ‖W + s·BA‖) ⊙ (W + s·BA)` per row, computed in fp32, in the base dtype."""
+        base = nf4.dequantize(self.weight)
+        updated = base.float() + self.delta_weight()
+        scale = self.lora_magnitude_vector.float() / torch.linalg.norm(updated, dim=1)
+        return (scale.view(-1, 1) * updated).to(base.dtype)
+
+    def reset_magnitude(self) -> None:
+        """Set the magnitude to the current ‖W + s·BA‖ (‖W‖ right after init), in the adapters' dtype."""
+        like = self.lora_A.weight
+        self.lora_magnitude_vector = nn.Parameter(self.weight_norm().to(device=like.device, dtype=like.dtype))
+
+
+class DoRAEmbedding(LoRAEmbedding):
+    """LoRAEmbedding plus `lora_magnitude_vector (hidden,)`, as PEFT's DoRA embedding.
+
+    The embedding table is (vocab, hidden); PEFT treats it as the transposed linear weight, so
+    the norm runs over the vocabulary for each hidden unit and the magnitude scales columns.
+    """
+
+    @classmethod
+    def from_embedding(cls, embedding: nn.Embedding, spec: LoraSpec) -> DoRAEmbedding:
+        module = super().from_embedding(embedding, spec)
+        module.lora_magnitude_vector = nn.Parameter(
+            torch.empty(embedding.embedding_dim, device="meta", dtype=module.lora_embedding_A.dtype)
+        )
+        return module
+
+    def weight_norm(self, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """‖E + s·(BA)ᵀ‖ over the vocabulary, shape (hidden,), detached; fp32 unless `dtype`."""
+        dtype = dtype or torch.float32
+        lora = (self.lora_embedding_B @ self.lora_embedding_A).T.to(dtype)
+        return torch.linalg.norm(self.weight.to(dtype) + self.scaling * lora.detach(), dim=0).detach()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = nn.Embedding.forward(self, x)
+        scale = self.lora_magnitude_vector / self.weight_norm(out.dtype)  # (hidden,)
+        return scale * out + (scale * self.lora_forward(x)).to(out.dtype)
+
+    def merged_weight(self) -> torch.Tensor:
+        """`E' = (m / ‖E + ΔE‖) ⊙ (E + ΔE)` per column, computed in fp32, in the base dtype."""
+        updated = self.weight.float() + self.delta_weight()
+        scale = self.lora_magnitude_vector.float() / torch.linalg.norm(updated, dim=0)
+        return (scale.view(1, -1) * updated).to(self.weight.dtype)
+
+    def reset_magnitude(self) -> None:
+        """Set the magnitude to the current ‖E + ΔE‖ (‖E‖ right after init), in the adapters' dtype."""
+        like = self.lora_embedding_A
+        self.lora_magnitude_vector = nn.Parameter(self.weight_norm().to(device=like.device, dtype=like.dtype))

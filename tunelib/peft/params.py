@@ -1,0 +1,88 @@
+"""Adapter parameters of a model: which they are, their first values, and which ones train."""
+
+from __future__ import annotations
+
+import re
+
+import torch
+from torch import nn
+
+from tunelib.peft.dora import DoRAEmbedding, DoRALinear
+from tunelib.peft.lora import LoRAEmbedding, LoRALinear
+
+# The parameter names PEFT gives LoRA and DoRA adapters; a base checkpoint has none of them.
+_ADAPTER_KEY = re.compile(r"(^|\.)(lora_A|lora_B|lora_embedding_A|lora_embedding_B|lora_magnitude_vector)(\.|$)")
+
+LORA_MODULES = (LoRALinear, LoRAEmbedding)
+DORA_MODULES = (DoRALinear, DoRAEmbedding)
+
+
+def is_adapter_key(name: str) -> bool:
+    """Whether parameter `name` belongs to an adapter, i.e. a base checkpoint does not have it.
+
+    Pass it as `ignore_missing` to the weight loader. Example: `...q_proj.lora_A.weight` and
+    `...q_proj.lora_magnitude_vector` are adapter keys; `...q_proj.weight` is not.
+    """
+    return bool(_ADAPTER_KEY.search(name))
+
+
+def adapter_owner(name: str) -> str:
+    """The module an adapter parameter belongs to: `a.q_proj.lora_A.weight` -> `a.q_proj`."""
+    match = _ADAPTER_KEY.search(name)
+    if match is None:
+        raise ValueError(f"{name} is not an adapter parameter")
+    return name[: match.start()]
+
+
+def lora_modules(model: nn.Module) -> dict[str, nn.Module]:
+    """The LoRA/DoRA modules of `model` by full name, in model order."""
+    return {name: module for name, module in model.named_modules() if isinstance(module, LORA_MODULES)}
+
+
+def adapter_params(model: nn.Module) -> dict[str, nn.Parameter]:
+    """The adapter parameters of `model` by full name (what the optimizer should get)."""
+    return {name: p for name, p in model.named_parameters() if is_adapter_key(name)}
+
+
+def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Adapter tensors by our parameter name (PEFT's key without `base_model.model.`), detached."""
+    return {name: p.detach() for name, p in adapter_params(model).items()}
+
+
+def set_trainable(model: nn.Module) -> int:
+    """Make adapter parameters require grad and freeze all others; return the trainable count."""
+    trainable = 0
+    for name, p in model.named_parameters():
+        wanted = is_adapter_key(name)
+        p.requires_grad_(wanted)
+        trainable += p.numel() if wanted else 0
+    return trainable
+
+
+def initialize_adapters(model: nn.Module, device: torch.device | str | None = None,
+                        dtype: torch.dtype | None = None) -> None:
+    """Give values to every adapter still on the meta device, then to every meta DoRA magnitude.
+
+    Adapters are drawn in model order on the CPU generator, so the same torch seed gives the
+    same adapters on any device: Linear A kaiming-uniform (a=√5) and B zeros; embedding A
+    zeros and B ~ N(0, 1). They land on `device` in `dtype` (default: the base weight's).
+    Magnitudes are ‖W + s·BA‖ of the base weights, which must be loaded first (dequantised
+    NF4 under QLoRA). Adapters already holding values (loaded or resumed) are left alone.
+
+    Raises RuntimeError if a DoRA magnitude is needed while its base weight is still on meta.
+    """
+    for name, module in lora_modules(model).items():
+        first = next(p for p_name, p in module.named_parameters() if is_adapter_key(p_name))
+        if first.is_meta:
+            module.reset_adapter_parameters(*_placement(module.weight, first, device, dtype))
+    for name, module in lora_modules(model).items():
+        if isinstance(module, DORA_MODULES) and module.lora_magnitude_vector.is_meta:
+            if module.weight.is_meta:
+                raise RuntimeError(f"load the base weights before initializing DoRA: {name}.weight is on meta")
+            module.reset_magnitude()
+
+
+def _placement(base: torch.Tensor, adapter: torch.Tensor, device, dtype):
+    if device is None:
+        device = torch.device("cpu") if base.is_meta else base.device
+    return device, dtype or adapter.dtype

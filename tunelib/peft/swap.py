@@ -1,0 +1,73 @@
+"""Swap a model's modules for their LoRA, DoRA and NF4 versions, in place, by name.
+
+The new modules share the old ones' weight tensors (tied embeddings stay tied) and keep their
+parameter names. On a meta-device model the adapters stay on meta until
+`initialize_adapters`; on a model with real weights they are initialised at once.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from tunelib.errors import ConfigError
+from tunelib.peft.dora import DoRAEmbedding, DoRALinear
+from tunelib.peft.lora import LoRAEmbedding, LoRALinear, LoraSpec
+from tunelib.peft.params import LORA_MODULES, initialize_adapters
+from tunelib.peft.targets import in_decoder_layer
+from tunelib.quantization import nf4
+
+
+def add_adapters(model: nn.Module, specs: dict[str, LoraSpec], *, quantize_base: bool = False) -> None:
+    """Give each module named in `specs` its adapter; with `quantize_base`, NF4 for decoder linears.
+
+    QLoRA quantizes every `nn.Linear` inside a decoder layer, adapted or not; the embedding and
+    the output layer keep full precision. Raises ConfigError for a module that cannot take an
+    adapter or a weight NF4 cannot hold, before anything is changed.
+    """
+    to_quantize = _decoder_linears(model) if quantize_base else []
+    for name in to_quantize:
+        nf4.check_shape(f"{name}.weight", model.get_submodule(name).weight.shape)
+    for name in specs:
+        _check_adaptable(name, model.get_submodule(name))
+
+    for name, spec in specs.items():
+        _replace(model, name, _adapted(model.get_submodule(name), spec, quantize=name in to_quantize))
+    for name in to_quantize:
+        if name not in specs:
+            _replace(model, name, nf4.NF4Linear.from_linear(model.get_submodule(name), name))
+
+    for name in specs:
+        if name in to_quantize:
+            nf4.quantize_weight_in_place(model.get_submodule(name), "weight", f"{name}.weight")
+    # With real base weights (not a meta build) the adapters can get their values right away.
+    if any(not model.get_submodule(name).weight.is_meta for name in specs):
+        initialize_adapters(model)
+
+
+def _decoder_linears(model: nn.Module) -> list[str]:
+    return [name for name, module in model.named_modules()
+            if isinstance(module, nn.Linear) and in_decoder_layer(name)]
+
+
+def _check_adaptable(name: str, module: nn.Module) -> None:
+    if isinstance(module, LORA_MODULES):
+        raise ConfigError(f"{name} already has a LoRA adapter; apply adapters once")
+    # A subclass with its own forward (a scaled embedding, say) would lose that forward in the swap.
+    for base in (nn.Linear, nn.Embedding):
+        if isinstance(module, base) and type(module).forward in (base.forward, nf4.NF4Linear.forward):
+            return
+    raise ConfigError(
+        f"cannot put a LoRA adapter on {name}: it is a {type(module).__name__}, "
+        "and tunelib adapts plain nn.Linear and nn.Embedding modules"
+    )
+
+
+def _adapted(module: nn.Module, spec: LoraSpec, *, quantize: bool) -> nn.Module:
+    if isinstance(module, nn.Embedding):
+        return (DoRAEmbedding if spec.use_dora else LoRAEmbedding).from_embedding(module, spec)
+    return (DoRALinear if spec.use_dora else LoRALinear).from_linear(module, spec, quantize_base=quantize)
+
+
+def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
+    parent_name, _, leaf = name.rpartition(".")
+    setattr(model.get_submodule(parent_name) if parent_name else model, leaf, new)
