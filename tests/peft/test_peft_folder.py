@@ -10,7 +10,7 @@ import torch
 from safetensors import safe_open
 
 from tunelib.errors import CheckpointError
-from tunelib.peft import adapter_config, apply_peft, load_peft_adapter, save_peft_adapter
+from tunelib.peft import LoraSpec, adapter_config, add_adapters, apply_peft, load_peft_adapter, save_peft_adapter
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::UserWarning")
 
@@ -59,17 +59,22 @@ def test_dora_and_rslora_flags_are_written_only_when_true(tiny):
     assert dora["use_dora"] is True and dora["use_rslora"] is True
 
 
-def test_a_subset_of_same_named_modules_is_written_as_full_names(tiny):
+def test_a_subset_of_same_named_modules_and_mixed_ranks_round_trip_through_peft(tiny, tokens, tmp_path):
     model = tiny.llama()
-    from tunelib.peft import LoraSpec, add_adapters
-
     add_adapters(model, {"model.layers.1.self_attn.q_proj": LoraSpec(8, 16.0),
                          "model.layers.0.self_attn.q_proj": LoraSpec(4, 16.0),
-                         "model.layers.0.mlp.up_proj": LoraSpec(8, 16.0)})
+                         "model.layers.0.mlp.up_proj": LoraSpec(8, 4.0)})
+    tiny.randomize(model)
     config = adapter_config(model)
     assert config["target_modules"] == ["model.layers.0.mlp.up_proj", "model.layers.0.self_attn.q_proj",
                                         "model.layers.1.self_attn.q_proj"]
     assert config["r"] == 8 and config["rank_pattern"] == {"model.layers.0.self_attn.q_proj": 4}
+    assert config["alpha_pattern"] == {"model.layers.0.mlp.up_proj": 4}
+    save_peft_adapter(model, tmp_path)
+    loaded = peft.PeftModel.from_pretrained(tiny.llama(), tmp_path).eval()
+    torch.testing.assert_close(loaded(tokens).logits, model(tokens).logits, rtol=1e-5, atol=1e-5)
+    ours = load_peft_adapter(tiny.llama(), tmp_path)
+    torch.testing.assert_close(ours(tokens).logits, model(tokens).logits, rtol=0, atol=0)
 
 
 PEFT_CONFIGS = {

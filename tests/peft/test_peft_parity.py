@@ -7,6 +7,8 @@ import torch
 
 from tunelib.peft import apply_peft
 
+pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
+
 ALL_ATTENTION = ["q_proj", "k_proj", "v_proj", "o_proj"]
 
 CASES = {

@@ -12,6 +12,7 @@ dequantised weight under QLoRA.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from tunelib.peft.lora import LoRAEmbedding, LoRALinear, LoraSpec
@@ -43,7 +44,7 @@ class DoRALinear(LoRALinear):
         if self.training and isinstance(self.lora_dropout, nn.Dropout):
             # PEFT recomputes the base product on the dropped-out input when dropout is active.
             x = self.lora_dropout(x)
-            base = nf4.linear(x, nf4.dequantize(self.weight, x.dtype))
+            base = F.linear(x, nf4.dequantize(self.weight, x.dtype))
         else:
             base = out if self.bias is None else out - self.bias
         lora = self.lora_B(self.lora_A(x)) * self.scaling

@@ -70,7 +70,9 @@ class LoRALinear(nn.Linear):
 
     def base_forward(self, x: torch.Tensor) -> torch.Tensor:
         """`W x + b` without the adapter (W may be NF4)."""
-        return nf4.linear(x, self.weight, self.bias)
+        if self.quantize_base:
+            return nf4.linear(x, self.weight, self.bias)
+        return F.linear(x, self.weight, self.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.base_forward(x)
