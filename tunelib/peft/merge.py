@@ -39,8 +39,16 @@ def merged_state_dict(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict[s
 
 
 def _tied_groups(model: nn.Module) -> list[list[str]]:
-    """Names that share one parameter, for each parameter that has more than one name."""
-    groups: dict[int, list[str]] = defaultdict(list)
+    """Names that share one tensor, for each tensor that has more than one name."""
+    groups: dict[object, list[str]] = defaultdict(list)
     for name, param in model.named_parameters(remove_duplicate=False):
-        groups[id(param)].append(name)
+        groups[_identity(param)].append(name)
     return [names for names in groups.values() if len(names) > 1]
+
+
+def _identity(t: torch.Tensor) -> object:
+    # Tied weights may be one Parameter under two names, or two Parameters over one storage
+    # (as a loader that assigns each name may leave them); both are the same weight.
+    if t.is_meta or nf4.is_nf4(t):
+        return id(t)
+    return (t.device, t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.stride())

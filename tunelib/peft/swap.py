@@ -36,9 +36,11 @@ def add_adapters(model: nn.Module, specs: dict[str, LoraSpec], *, quantize_base:
         if name not in specs:
             _replace(model, name, nf4.NF4Linear.from_linear(model.get_submodule(name), name))
 
-    for name in specs:
-        if name in to_quantize:
-            nf4.quantize_weight_in_place(model.get_submodule(name), "weight", f"{name}.weight")
+    for name in to_quantize:
+        module = model.get_submodule(name)
+        nf4.quantize_weight_in_place(module, "weight", f"{name}.weight")
+        # Frozen already on meta, so a loader that keeps requires_grad makes a frozen NF4 parameter.
+        module.weight.requires_grad_(False)
     # With real base weights (not a meta build) the adapters can get their values right away.
     if any(not model.get_submodule(name).weight.is_meta for name in specs):
         initialize_adapters(model)
