@@ -1,0 +1,41 @@
+"""What tunelib knows about each model family's tokenizer, and how it recognises one.
+
+The family only matters where a folder does not say it itself: which built-in chat format to
+use when there is no Jinja `chat_template`, and Llama 3's pad token.
+"""
+
+from __future__ import annotations
+
+FAMILIES = ("llama2", "llama3", "qwen2", "qwen2_5", "qwen3", "mistral", "gemma", "phi3", "phi4")
+
+# Tokens that end a turn in some family; each one present in a vocabulary is a stop token.
+END_OF_TURN_TOKENS = (
+    "<|eot_id|>", "<|eom_id|>", "<|end_of_text|>", "<|im_end|>", "<|endoftext|>",
+    "<end_of_turn>", "<|end|>",
+)
+
+# Llama 3 has no pad token in its files; Meta's reference fine-tuning pads with this one.
+PAD_FALLBACKS = ("<|finetune_right_pad_id|>",)
+
+
+def detect_family(special_tokens: dict[str, int], model_config: dict, kind: str) -> str | None:
+    """Guess the family from the special tokens, then from config.json's model_type."""
+    tokens = set(special_tokens)
+    model_type = str(model_config.get("model_type", "")).lower()
+    if "<|start_header_id|>" in tokens:
+        return "llama3"
+    if "<|im_sep|>" in tokens:
+        return "phi4"
+    if "<|im_start|>" in tokens:
+        if model_type.startswith("qwen3"):
+            return "qwen3"
+        return "qwen2_5" if "<tool_call>" in tokens else "qwen2"
+    if "<start_of_turn>" in tokens or model_type.startswith("gemma"):
+        return "gemma"
+    if "<|user|>" in tokens and "<|end|>" in tokens:
+        return "phi3"
+    if "[INST]" in tokens or model_type in ("mistral", "mixtral"):
+        return "mistral"
+    if model_type == "llama" or {"<s>", "</s>"} <= tokens:
+        return "llama2"
+    return None
