@@ -75,3 +75,71 @@ def test_state_dict_round_trip_with_peft_prefixes():
         original = LoraWeights(state[f"{prefix}.{name}.lora_A.weight"], state[f"{prefix}.{name}.lora_B.weight"], 8.0)
         again = LoraWeights(back[f"{prefix}.{name}.lora_A.weight"], back[f"{prefix}.{name}.lora_B.weight"], 24.0)
         torch.testing.assert_close(_delta(again, False), _delta(original, False))
+
+
+# ------------------------------------------- Phi-3: our separate q/k/v against PEFT's qkv_proj
+
+
+def _phi3_and_split_llama():
+    """A tiny Phi-3 and the same network as a Llama with q/k/v and gate/up kept apart."""
+    import transformers
+
+    sizes = dict(vocab_size=96, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                 num_key_value_heads=2, max_position_embeddings=64, tie_word_embeddings=False)
+    torch.manual_seed(0)
+    phi3 = transformers.Phi3ForCausalLM(transformers.Phi3Config(**sizes, pad_token_id=0, bos_token_id=1,
+                                                                eos_token_id=2)).eval()
+    llama = transformers.LlamaForCausalLM(transformers.LlamaConfig(**sizes, rms_norm_eps=phi3.config.rms_norm_eps))
+    weights = {}
+    for key, value in phi3.state_dict().items():
+        if ".qkv_proj." in key:
+            for part, rows in zip(("q_proj", "k_proj", "v_proj"), value.split([64, 32, 32])):
+                weights[key.replace("qkv_proj", part)] = rows
+        elif ".gate_up_proj." in key:
+            for part, rows in zip(("gate_proj", "up_proj"), value.chunk(2)):
+                weights[key.replace("gate_up_proj", part)] = rows
+        else:
+            weights[key] = value
+    llama.load_state_dict(weights)
+    return phi3, llama.eval()
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning", "ignore::FutureWarning")
+@pytest.mark.parametrize("use_dora", [False, True])
+def test_separate_adapters_save_as_a_fused_peft_adapter_for_phi3(tiny, tokens, tmp_path, use_dora):
+    import peft
+
+    from tunelib.peft import PHI3_FUSED_PROJECTIONS, LoraSpec, add_adapters, apply_peft, save_peft_adapter
+
+    phi3, llama = _phi3_and_split_llama()
+    # q and v but not k, one gate but no up: the absent parts join with rank 0.
+    model = apply_peft(llama, lora_attn_modules=["q_proj", "v_proj", "o_proj"], use_dora=use_dora, lora_rank=4,
+                       lora_alpha=8.0)
+    add_adapters(model, {"model.layers.1.mlp.gate_proj": LoraSpec(2, 8.0, use_dora=use_dora)})
+    tiny.randomize(model)
+    save_peft_adapter(model, tmp_path, fused_projections=PHI3_FUSED_PROJECTIONS)
+    with_peft = peft.PeftModel.from_pretrained(phi3, tmp_path).eval()
+    layers = with_peft.base_model.model.model.layers
+    assert layers[0].self_attn.qkv_proj.r["default"] == 8 and layers[1].mlp.gate_up_proj.r["default"] == 2
+    torch.testing.assert_close(with_peft(tokens).logits, model(tokens).logits, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning", "ignore::FutureWarning")
+@pytest.mark.parametrize("use_dora", [False, True])
+def test_a_fused_phi3_peft_adapter_loads_onto_separate_projections(tiny, tokens, tmp_path, use_dora):
+    import peft
+
+    from tunelib.peft import PHI3_FUSED_PROJECTIONS, load_peft_adapter
+
+    phi3, llama = _phi3_and_split_llama()
+    config = peft.LoraConfig(task_type="CAUSAL_LM", target_modules=["qkv_proj", "gate_up_proj", "o_proj"], r=4,
+                             lora_alpha=8, use_dora=use_dora)
+    theirs = peft.get_peft_model(phi3, config).eval()
+    with torch.no_grad():
+        for name, p in theirs.named_parameters():
+            if "lora_" in name:
+                p.copy_(torch.randn(p.shape) * 0.1 + ("magnitude" in name))
+    theirs.save_pretrained(tmp_path)
+    model = load_peft_adapter(llama, tmp_path, fused_projections=PHI3_FUSED_PROJECTIONS)
+    assert model.model.layers[0].mlp.up_proj.lora_A.weight.shape == (4, 64)
+    torch.testing.assert_close(model(tokens).logits, theirs(tokens).logits, rtol=1e-5, atol=1e-5)

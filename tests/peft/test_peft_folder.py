@@ -151,7 +151,8 @@ def test_an_adapter_for_another_shape_names_key_and_shapes(tiny, tmp_path):
     save_peft_adapter(model, tmp_path)
     config = json.loads((tmp_path / "adapter_config.json").read_text())
     (tmp_path / "adapter_config.json").write_text(json.dumps({**config, "r": 8}))
-    with pytest.raises(CheckpointError, match=r"q_proj.lora_A.weight has shape \(4, 64\) but the model's .* is \(8, 64\)"):
+    shapes = r"q_proj.lora_A.weight has shape \(4, 64\) but the model's .* is \(8, 64\)"
+    with pytest.raises(CheckpointError, match=shapes):
         load_peft_adapter(tiny.llama(), tmp_path)
 
 

@@ -22,6 +22,7 @@ from tunelib.errors import ConfigError
 from tunelib.peft import targets
 from tunelib.peft.dora import DoRAEmbedding, DoRALinear
 from tunelib.peft.fused import (
+    PHI3_FUSED_PROJECTIONS,
     LoraWeights,
     fuse_adapter_state_dict,
     fuse_lora,
@@ -101,6 +102,8 @@ def _spec(rank, alpha, dropout, use_rslora, use_dora) -> LoraSpec:
 
 
 __all__ = [
+    "PHI3_FUSED_PROJECTIONS",
+    "LoraWeights",
     "DoRAEmbedding",
     "DoRALinear",
     "LoRAEmbedding",
@@ -111,6 +114,7 @@ __all__ = [
     "adapter_state_dict",
     "add_adapters",
     "apply_peft",
+    "fuse_adapter_state_dict",
     "fuse_lora",
     "initialize_adapters",
     "is_adapter_key",
@@ -120,5 +124,6 @@ __all__ = [
     "nf4_transform",
     "save_peft_adapter",
     "set_trainable",
+    "split_adapter_state_dict",
     "split_fused_lora",
 ]

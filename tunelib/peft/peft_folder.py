@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import re
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -20,6 +21,7 @@ from torch import nn
 
 from tunelib.errors import CheckpointError
 from tunelib.peft import targets
+from tunelib.peft.fused import fuse_for_peft, peft_module_name, split_from_peft
 from tunelib.peft.lora import LoraSpec
 from tunelib.peft.params import LORA_MODULES, adapter_owner, adapter_state_dict, is_adapter_key, lora_modules
 from tunelib.peft.swap import add_adapters
@@ -85,15 +87,22 @@ def adapter_config(model: nn.Module, base_model_name_or_path: str | None = None)
     return config
 
 
-def save_peft_adapter(model: nn.Module, out_dir: str | Path, *, base_model_name_or_path: str | None = None) -> Path:
+def save_peft_adapter(model: nn.Module, out_dir: str | Path, *, base_model_name_or_path: str | None = None,
+                      fused_projections: dict[str, Sequence[str]] | None = None) -> Path:
     """Write `model`'s adapters as a PEFT folder (config + safetensors) into `out_dir`; return it.
 
     The folder loads with `PeftModel.from_pretrained(base_model, out_dir)`. Tensors keep their
-    dtype and are copied to the CPU.
+    dtype and are copied to the CPU. `fused_projections` (e.g. `PHI3_FUSED_PROJECTIONS`) is
+    for base checkpoints that fuse projections our model keeps apart: their adapters are
+    written as one exact LoRA on the fused module.
     """
     out_dir = Path(out_dir)
     config = adapter_config(model, base_model_name_or_path)
-    tensors = {PREFIX + name: t.to("cpu").contiguous().clone() for name, t in adapter_state_dict(model).items()}
+    tensors = adapter_state_dict(model)
+    if fused_projections:
+        config, tensors = fuse_for_peft(model, config, tensors, fused_projections)
+        config = {k: v for k, v in config.items() if v != {}}
+    tensors = {PREFIX + name: t.to("cpu").contiguous().clone() for name, t in tensors.items()}
     out_dir.mkdir(parents=True, exist_ok=True)
     save_file(tensors, out_dir / WEIGHTS_NAME, metadata={"format": "pt"})
     (out_dir / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
@@ -137,35 +146,43 @@ def read_adapter_config(adapter_dir: str | Path) -> dict:
     return config
 
 
-def load_peft_adapter(model: nn.Module, adapter_dir: str | Path) -> nn.Module:
+def load_peft_adapter(model: nn.Module, adapter_dir: str | Path, *,
+                      fused_projections: dict[str, Sequence[str]] | None = None) -> nn.Module:
     """Put the LoRA/DoRA adapter of a PEFT folder onto `model` (in place) and return it.
 
     Modules are chosen as PEFT chooses them; a module that already has an adapter with the
     same settings (a model built with the matching `apply_peft`) just gets the weights.
     Base weights stored in the folder (PEFT saves `embed_tokens`/`lm_head` when they are
-    targets) are loaded too. Raises CheckpointError for an unsupported adapter, a target
-    that matches nothing, and a missing, unexpected or wrongly shaped tensor.
+    targets) are loaded too. With `fused_projections` (e.g. `PHI3_FUSED_PROJECTIONS`), an
+    adapter made for a checkpoint with fused projections is split exactly onto our parts.
+    Raises CheckpointError for an unsupported adapter, a target that matches nothing, and a
+    missing, unexpected or wrongly shaped tensor.
     """
     config = read_adapter_config(adapter_dir)
-    specs = _specs(model, config, adapter_dir)
+    specs = _specs(model, config, adapter_dir, fused_projections)
     fresh = {name: spec for name, spec in specs.items() if not isinstance(model.get_submodule(name), LORA_MODULES)}
     for name in specs.keys() - fresh.keys():
         _check_same_spec(name, model.get_submodule(name).spec, specs[name], adapter_dir)
     add_adapters(model, fresh)
-    _load_tensors(model, specs, _read_weights(adapter_dir), adapter_dir)
+    tensors = _read_weights(adapter_dir)
+    if fused_projections:
+        tensors = split_from_peft(model, tensors, fused_projections, prefix=PREFIX)
+    _load_tensors(model, specs, tensors, adapter_dir)
     return model
 
 
-def _specs(model: nn.Module, config: dict, adapter_dir) -> dict[str, LoraSpec]:
+def _specs(model: nn.Module, config: dict, adapter_dir, fused_projections=None) -> dict[str, LoraSpec]:
     rank = int(config.get("r", 8))
     alpha = float(config.get("lora_alpha") or PEFT_DEFAULT_ALPHA)
     rank_pattern = config.get("rank_pattern") or {}
     alpha_pattern = config.get("alpha_pattern") or {}
     specs = {}
-    for name in _matched_modules(model, config):
+    for name in _matched_modules(model, config, fused_projections):
+        # Targets and patterns name the modules of the checkpoint the adapter was made for.
+        peft_name = peft_module_name(name, fused_projections)
         specs[name] = LoraSpec(
-            rank=int(_pattern_value(rank_pattern, name, rank)),
-            alpha=float(_pattern_value(alpha_pattern, name, alpha)),
+            rank=int(_pattern_value(rank_pattern, peft_name, rank)),
+            alpha=float(_pattern_value(alpha_pattern, peft_name, alpha)),
             dropout=float(config.get("lora_dropout") or 0.0),
             use_rslora=bool(config.get("use_rslora")),
             use_dora=bool(config.get("use_dora")),
@@ -185,14 +202,15 @@ def _pattern_value(patterns: dict, name: str, default):
     return default
 
 
-def _matched_modules(model: nn.Module, config: dict) -> list[str]:
+def _matched_modules(model: nn.Module, config: dict, fused_projections) -> list[str]:
     names = []
     for name, module in model.named_modules():
         if not isinstance(module, (nn.Linear, nn.Embedding)) or _inside_adapter(name):
             continue
-        if _excluded(config.get("exclude_modules"), name):
+        peft_name = peft_module_name(name, fused_projections)
+        if _excluded(config.get("exclude_modules"), peft_name):
             continue
-        if _targeted(config, name, module):
+        if _targeted(config, peft_name, module):
             names.append(name)
     return names
 
@@ -271,7 +289,9 @@ def _load_tensors(model: nn.Module, specs: dict[str, LoraSpec], tensors: dict[st
     for key, tensor in tensors.items():
         name = _our_name(key, adapter_dir)
         if name not in params:
-            raise CheckpointError(f"{adapter_dir}: {key} has no place in this {type(model).__name__} (no parameter {name})")
+            raise CheckpointError(
+                f"{adapter_dir}: {key} has no place in this {type(model).__name__} (no parameter {name})"
+            )
         if tuple(tensor.shape) != tuple(params[name].shape):
             raise CheckpointError(
                 f"{adapter_dir}: {key} has shape {tuple(tensor.shape)} but the model's {name} is "
@@ -294,4 +314,5 @@ def _assign(model: nn.Module, name: str, param: nn.Parameter, tensor: torch.Tens
     base = model.get_submodule(adapter_owner(name)).weight
     device = torch.device("cpu") if base.is_meta else base.device
     owner_name, _, leaf = name.rpartition(".")
-    setattr(model.get_submodule(owner_name), leaf, nn.Parameter(tensor.to(device=device, dtype=param.dtype), requires_grad=param.requires_grad))
+    value = tensor.to(device=device, dtype=param.dtype)
+    setattr(model.get_submodule(owner_name), leaf, nn.Parameter(value, requires_grad=param.requires_grad))
