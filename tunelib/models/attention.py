@@ -1,0 +1,141 @@
+"""Grouped-query self-attention, its masks, and the key/value cache used for generation.
+
+Attention goes through `F.scaled_dot_product_attention` with `is_causal=True` whenever that is
+exact (no packed documents, no sliding window shorter than the keys, no cache prefix), so the
+flash/efficient kernels stay available. Packed documents and sliding windows become a boolean
+mask. Gemma 2's score soft-capping needs the scores themselves, so it is computed explicitly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tunelib.models.config import DecoderConfig
+from tunelib.models.norm import RMSNorm
+from tunelib.models.rope import rotate
+
+
+class KVCache:
+    """Keys and values of the tokens seen so far, preallocated for `max_len` tokens.
+
+    `CausalLM.forward(ids, cache=cache)` appends the new tokens and advances `length`; the
+    next call then sees them. Use `CausalLM.new_cache(...)` to make one.
+    """
+
+    def __init__(self, config: DecoderConfig, batch_size: int, max_len: int, *, dtype: torch.dtype,
+                 device: torch.device | str | None = None):
+        shape = (batch_size, config.num_key_value_heads, max_len, config.head_dim)
+        self.keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(config.num_hidden_layers)]
+        self.values = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(config.num_hidden_layers)]
+        self.max_len = max_len
+        self.length = 0
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store this step's k, v (B, kv_heads, T, head_dim) for `layer`; return all keys and values so far."""
+        end = self.length + k.shape[2]
+        if end > self.max_len:
+            raise ValueError(f"KV cache holds {self.max_len} tokens; this step would need {end}")
+        self.keys[layer][:, :, self.length:end] = k
+        self.values[layer][:, :, self.length:end] = v
+        return self.keys[layer][:, :, :end], self.values[layer][:, :, :end]
+
+    def advance(self, steps: int) -> None:
+        """Mark `steps` more tokens as stored (the model calls this after its last layer)."""
+        self.length += steps
+
+    def reset(self) -> None:
+        """Forget every stored token."""
+        self.length = 0
+
+
+@dataclass
+class AttentionInputs:
+    """What every layer's attention needs besides its input; computed once per forward."""
+
+    cos: torch.Tensor  # (B, T, head_dim)
+    sin: torch.Tensor  # (B, T, head_dim)
+    masks: dict[int | None, torch.Tensor | None]  # window -> (B|1, 1, T, K) bool, None: plain causal
+    cache: KVCache | None = None
+
+
+def build_mask(q_len: int, k_len: int, *, document_ids: torch.Tensor | None, window: int | None,
+               device: torch.device) -> torch.Tensor | None:
+    """Boolean mask (B|1, 1, q_len, k_len) of the keys each query may see, True = attend.
+
+    Queries are the last `q_len` of `k_len` positions. Returns None when causal attention
+    alone is exact: then SDPA's `is_causal` (or no mask for a single query) is used instead.
+    """
+    window_matters = window is not None and k_len > window
+    if document_ids is None and not window_matters and q_len in (k_len, 1):
+        return None
+    q_pos = torch.arange(k_len - q_len, k_len, device=device)[:, None]  # (T, 1)
+    k_pos = torch.arange(k_len, device=device)[None, :]  # (1, K)
+    allowed = k_pos <= q_pos  # (T, K)
+    if window_matters:
+        allowed = allowed & (k_pos > q_pos - window)
+    allowed = allowed[None, None]  # (1, 1, T, K)
+    if document_ids is not None:  # packed documents: only the same document, never across
+        same = document_ids[:, -q_len:, None] == document_ids[:, None, :]  # (B, T, K)
+        allowed = allowed & same[:, None]
+    return allowed
+
+
+def softcapped_attention(q, k, v, mask, *, scale: float, softcap: float) -> torch.Tensor:
+    """Attention with scores squashed to (-softcap, softcap) before the softmax (Gemma 2).
+
+    q (B, H, T, D), k and v (B, KV, K, D), mask (B|1, 1, T, K) bool or None (causal).
+    """
+    B, H, T, D = q.shape
+    kv_heads, K = k.shape[1], k.shape[2]
+    if mask is None:
+        mask = torch.ones(T, K, dtype=torch.bool, device=q.device).tril(K - T)[None, None]
+    q = q.view(B, kv_heads, H // kv_heads, T, D)  # (B, KV, group, T, D): no copy of k, v per head
+    scores = q @ k.unsqueeze(2).transpose(-1, -2) * scale  # (B, KV, group, T, K)
+    scores = torch.tanh(scores / softcap) * softcap
+    scores = scores.masked_fill(~mask.unsqueeze(1), float("-inf"))
+    probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
+    return (probs @ v.unsqueeze(2)).view(B, H, T, D)
+
+
+class Attention(nn.Module):
+    """Multi-head attention with grouped key/value heads, RoPE, optional q/k norms and biases."""
+
+    def __init__(self, config: DecoderConfig, layer: int):
+        super().__init__()
+        c = config
+        self.layer, self.head_dim = layer, c.head_dim
+        self.q_proj = nn.Linear(c.hidden_size, c.num_attention_heads * c.head_dim, bias=c.qkv_bias)
+        self.k_proj = nn.Linear(c.hidden_size, c.num_key_value_heads * c.head_dim, bias=c.qkv_bias)
+        self.v_proj = nn.Linear(c.hidden_size, c.num_key_value_heads * c.head_dim, bias=c.qkv_bias)
+        self.o_proj = nn.Linear(c.num_attention_heads * c.head_dim, c.hidden_size, bias=c.o_bias)
+        if c.qk_norm:
+            self.q_norm = RMSNorm(c.head_dim, c.rms_norm_eps)
+            self.k_norm = RMSNorm(c.head_dim, c.rms_norm_eps)
+        self.qk_norm = c.qk_norm
+        self.scale = (c.query_pre_attn_scalar or c.head_dim) ** -0.5
+        self.softcap = c.attn_logit_softcapping
+        self.window = c.window(layer)
+
+    def forward(self, x: torch.Tensor, inputs: AttentionInputs) -> torch.Tensor:
+        B, T, _ = x.shape
+        q = self.q_proj(x).view(B, T, -1, self.head_dim)  # (B, T, H, D)
+        k = self.k_proj(x).view(B, T, -1, self.head_dim)  # (B, T, KV, D)
+        v = self.v_proj(x).view(B, T, -1, self.head_dim).transpose(1, 2)  # (B, KV, T, D)
+        if self.qk_norm:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q = rotate(q.transpose(1, 2), inputs.cos, inputs.sin)  # (B, H, T, D)
+        k = rotate(k.transpose(1, 2), inputs.cos, inputs.sin)  # (B, KV, T, D)
+        if inputs.cache is not None:
+            k, v = inputs.cache.update(self.layer, k, v)  # (B, KV, K, D), K = cached + T
+        mask = inputs.masks[self.window]
+        if self.softcap is not None:
+            out = softcapped_attention(q, k, v, mask, scale=self.scale, softcap=self.softcap)
+        else:
+            causal = mask is None and T > 1
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, scale=self.scale,
+                                                 enable_gqa=q.shape[1] != k.shape[1])
+        return self.o_proj(out.transpose(1, 2).reshape(B, T, -1))  # (B, T, hidden)

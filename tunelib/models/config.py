@@ -1,0 +1,93 @@
+"""The numbers that define a decoder, named as in Hugging Face's `config.json`.
+
+One dataclass serves every family: a family module fills it from its table of sizes or from
+a checkpoint's `config.json` (see `hf_format.py`), and the decoder reads nothing else.
+Field names are HF's wherever HF has one, so a mismatch message reads like the file.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Any
+
+FULL, SLIDING = "full_attention", "sliding_attention"
+ACTIVATIONS = ("silu", "gelu_pytorch_tanh")
+ROPE_TYPES = ("linear", "llama3")  # plus None: unscaled
+
+
+@dataclass(frozen=True)
+class DecoderConfig:
+    """Architecture of one decoder-only model; every field changes the forward pass."""
+
+    architecture: str  # HF class name, e.g. "LlamaForCausalLM"; picks the HF format on save
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    num_key_value_heads: int | None = None  # None: same as num_attention_heads (no GQA)
+    head_dim: int | None = None  # None: hidden_size // num_attention_heads
+    rms_norm_eps: float = 1e-6
+    rope_theta: float = 10000.0
+    rope_scaling: dict[str, Any] | None = None  # {"rope_type": "llama3", "factor": 8.0, ...}
+    max_position_embeddings: int = 4096  # context length; informative, not a shape
+    tie_word_embeddings: bool = False  # lm_head shares embed_tokens' weight
+    hidden_act: str = "silu"  # gate activation: "silu" (SwiGLU) or "gelu_pytorch_tanh" (GeGLU)
+    qkv_bias: bool = False  # q/k/v projections have a bias (Qwen2)
+    o_bias: bool = False  # o_proj has a bias (Llama's attention_bias sets both)
+    mlp_bias: bool = False
+    qk_norm: bool = False  # RMSNorm over each head of q and k before RoPE (Qwen3)
+    norm_offset: float = 0.0  # RMSNorm scales by (offset + w): Gemma stores w around 0, offset 1
+    embed_scale: bool = False  # multiply embeddings by sqrt(hidden_size) (Gemma)
+    sandwich_norms: bool = False  # norms before and after attention and MLP (Gemma 2)
+    query_pre_attn_scalar: float | None = None  # attention scale is this ** -0.5 (Gemma 2)
+    attn_logit_softcapping: float | None = None  # scores -> cap * tanh(scores / cap)
+    final_logit_softcapping: float | None = None  # logits -> cap * tanh(logits / cap)
+    sliding_window: int | None = None  # a query sees the last `sliding_window` keys, itself included
+    layer_types: tuple[str, ...] | None = None  # per layer FULL or SLIDING; None: all use sliding_window
+
+    def __post_init__(self):
+        put = object.__setattr__  # frozen: derived defaults are filled in once, here
+        if self.num_key_value_heads is None:
+            put(self, "num_key_value_heads", self.num_attention_heads)
+        if self.head_dim is None:
+            put(self, "head_dim", self.hidden_size // self.num_attention_heads)
+        if self.layer_types is not None:
+            put(self, "layer_types", tuple(self.layer_types))
+        # One spelling per behaviour, so that two configs that compute the same thing compare equal.
+        if self.sliding_window is None or self.layer_types is None or set(self.layer_types) == {SLIDING}:
+            put(self, "layer_types", None)
+        elif set(self.layer_types) == {FULL}:
+            put(self, "layer_types", None)
+            put(self, "sliding_window", None)
+        self._check()
+
+    def _check(self):
+        if self.num_attention_heads % self.num_key_value_heads:
+            raise ValueError(f"num_attention_heads {self.num_attention_heads} is not a multiple of "
+                             f"num_key_value_heads {self.num_key_value_heads}")
+        if self.hidden_act not in ACTIVATIONS:
+            raise ValueError(f"hidden_act {self.hidden_act!r} is not supported (supported: {', '.join(ACTIVATIONS)})")
+        rope_type = (self.rope_scaling or {}).get("rope_type")
+        if self.rope_scaling is not None and rope_type not in ROPE_TYPES:
+            raise ValueError(f"rope_type {rope_type!r} is not supported (supported: default, {', '.join(ROPE_TYPES)})")
+        if self.layer_types is not None:
+            if len(self.layer_types) != self.num_hidden_layers or not set(self.layer_types) <= {FULL, SLIDING}:
+                raise ValueError(f"layer_types must list {FULL!r} or {SLIDING!r} for each of the "
+                                 f"{self.num_hidden_layers} layers, got {self.layer_types}")
+
+    def window(self, layer: int) -> int | None:
+        """The sliding window of layer `layer`, or None when it attends to every earlier token."""
+        if self.layer_types is not None and self.layer_types[layer] == FULL:
+            return None
+        return self.sliding_window
+
+    def differences(self, other: DecoderConfig) -> list[str]:
+        """'field ours vs theirs' for every field that changes the computation (context length does not)."""
+        return [f"{f.name} {getattr(self, f.name)} vs {getattr(other, f.name)}" for f in fields(self)
+                if f.name != "max_position_embeddings" and getattr(self, f.name) != getattr(other, f.name)]
+
+
+def alternating_layers(num_layers: int) -> tuple[str, ...]:
+    """Gemma 2's pattern: even layers slide, odd layers see everything."""
+    return tuple(SLIDING if i % 2 == 0 else FULL for i in range(num_layers))
