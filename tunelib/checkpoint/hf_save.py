@@ -1,0 +1,107 @@
+"""Write a Hugging Face model folder that transformers, PEFT and vLLM load as it is.
+
+The folder holds safetensors shards (plus `model.safetensors.index.json` when there is more
+than one), `config.json`, `generation_config.json`, and the tokenizer and license files of the
+model it came from. Writing into a temporary folder and renaming it is the caller's job
+(`tunelib.checkpoint.atomic`).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tunelib.models.config import DecoderConfig
+from tunelib.models.registry import format_for, load_json, read_hf_config
+
+# Copied from the source folder when present; everything a tokenizer or a license needs.
+COPIED_FILES = (
+    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
+    "tokenizer.model", "original/tokenizer.model", "chat_template.jinja", "chat_template.json",
+    "vocab.json", "merges.txt", "vocab.txt", "LICENSE", "LICENSE.txt", "LICENSE.md", "NOTICE",
+    "USE_POLICY.md",
+)
+_DTYPE_NAMES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
+
+
+def hf_state_dict(state_dict: dict[str, torch.Tensor], config: DecoderConfig) -> dict[str, torch.Tensor]:
+    """Our parameter names -> the checkpoint keys of `config`'s HF format (tied lm_head dropped)."""
+    tensors = {name: t for name, t in state_dict.items()
+               if not (config.tie_word_embeddings and name == "lm_head.weight")}
+    return format_for(config).fuse(tensors, config)
+
+
+def save_hf_folder(state_dict: dict[str, torch.Tensor], out_dir: str | Path, *, source_dir: str | Path | None = None,
+                   config: DecoderConfig | None = None, max_shard_size: int | str = "5GB",
+                   config_updates: dict[str, Any] | None = None) -> Path:
+    """Write `state_dict` (our parameter names, plain tensors) as an HF model folder.
+
+    Args:
+        state_dict: e.g. `model.state_dict()` or PEFT's merged weights.
+        out_dir: created if needed; weight files from an earlier save there are replaced.
+        source_dir: the folder the model was loaded from; its config.json (with
+            `config_updates` applied), generation config, tokenizer and license files are copied.
+        config: the model's DecoderConfig; needed when there is no source_dir, and then
+            config.json is generated from it.
+        max_shard_size: largest shard, e.g. "5GB" or a number of bytes.
+        config_updates: keys to set in config.json (e.g. {"torch_dtype": "bfloat16"}).
+
+    Returns:
+        out_dir as a Path.
+
+    Raises:
+        CheckpointError: source_dir's config.json is missing or unsupported.
+    """
+    if config is None and source_dir is None:
+        raise ValueError("save_hf_folder needs source_dir or config to know the model's format")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    source = Path(source_dir) if source_dir is not None else None
+    config = config or read_hf_config(source)
+    tensors = {name: t.detach().to("cpu").contiguous() for name, t in hf_state_dict(state_dict, config).items()}
+    from huggingface_hub import save_torch_state_dict
+
+    save_torch_state_dict(tensors, out, max_shard_size=max_shard_size)  # shards carry {"format": "pt"}
+    config_json = _config_json(config, source, tensors, config_updates or {})
+    _write_json(out / "config.json", config_json)
+    _write_generation_config(out, source, config_json)
+    if source is not None:
+        _copy_files(source, out)
+    return out
+
+
+def _config_json(config: DecoderConfig, source: Path | None, tensors: dict, updates: dict) -> dict:
+    if source is not None and (source / "config.json").is_file():
+        data = load_json(source / "config.json")
+    else:
+        data = format_for(config).write(config)
+    dtypes = {t.dtype for t in tensors.values() if t.is_floating_point()}
+    if len(dtypes) == 1 and next(iter(dtypes)) in _DTYPE_NAMES:
+        # Say what the files hold; transformers 5 calls the key "dtype", earlier versions "torch_dtype".
+        data["dtype" if "dtype" in data else "torch_dtype"] = _DTYPE_NAMES[dtypes.pop()]
+    data.update(updates)
+    return data
+
+
+def _write_generation_config(out: Path, source: Path | None, config_json: dict) -> None:
+    if source is not None and (source / "generation_config.json").is_file():
+        shutil.copyfile(source / "generation_config.json", out / "generation_config.json")
+        return
+    ids = {key: config_json[key] for key in ("bos_token_id", "eos_token_id", "pad_token_id")
+           if config_json.get(key) is not None}
+    _write_json(out / "generation_config.json", {"_from_model_config": True, **ids})
+
+
+def _copy_files(source: Path, out: Path) -> None:
+    for name in COPIED_FILES:
+        if (source / name).is_file():
+            (out / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source / name, out / name)
+
+
+def _write_json(path: Path, data: dict) -> None:
+    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
