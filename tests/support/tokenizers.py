@@ -439,3 +439,18 @@ def _folder(folder) -> Path:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     return folder
+
+
+def folder_maker(root):
+    """folder_for(family, **writer options) -> TokenizerInfo, each folder written once under
+    `root` (for a session-scoped fixture)."""
+    made = {}
+
+    def folder_for(family: str, **options) -> TokenizerInfo:
+        key = (family, tuple(sorted(options.items())))
+        if key not in made:
+            name = family + "".join(f"-{k}={v}" for k, v in key[1])
+            made[key] = write_tokenizer(Path(root) / name, family, **options)
+        return made[key]
+
+    return folder_for
