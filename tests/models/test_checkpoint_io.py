@@ -49,6 +49,15 @@ def test_sharded_save_writes_index_and_loads_back(hf_folder, tmp_path, token_ids
         torch.testing.assert_close(load_hf_model(out)(token_ids).logits, model(token_ids), atol=1e-5, rtol=0)
 
 
+def test_config_says_the_dtype_the_files_hold(hf_folder, tmp_path):
+    source = hf_folder("gemma")  # written by transformers 5: {"dtype": "float32"}
+    model = from_pretrained(source, dtype=torch.bfloat16)
+    out = save_hf_folder(model.state_dict(), tmp_path / "out", source_dir=source)
+    assert json.loads((out / "config.json").read_text())["dtype"] == "bfloat16"
+    generated = save_hf_folder(model.state_dict(), tmp_path / "gen", config=model.config)
+    assert json.loads((generated / "config.json").read_text())["torch_dtype"] == "bfloat16"
+
+
 def test_pytorch_bin_checkpoint_loads(hf_folder, tmp_path):
     source = hf_folder("qwen2")
     folder = tmp_path / "bin"

@@ -73,3 +73,15 @@ def test_from_pretrained_converts_dtype_and_returns_eval_model(hf_folder, token_
     assert logits.dtype == torch.bfloat16
     # bf16 keeps ~3 significant digits; the logits are of order 1.
     torch.testing.assert_close(logits.float(), reference_logits(folder, token_ids), atol=0.1, rtol=0)
+
+
+@pytest.mark.parametrize("family", ["llama3_2", "gemma2", "phi3"])
+def test_every_parameter_learns(family, hf_folder, token_ids):
+    # One loss reaches every weight (tied embeddings through both uses), with packed documents.
+    model = from_pretrained(hf_folder(family)).train()
+    docs = torch.tensor([[0] * 6 + [1] * 6] * 2)
+    logits = model(token_ids[:, :-1], document_ids=docs[:, :-1])
+    loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), token_ids[:, 1:].flatten())
+    loss.backward()
+    for name, p in model.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0 and p.grad.isfinite().all(), name

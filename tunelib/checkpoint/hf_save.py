@@ -82,7 +82,9 @@ def _config_json(config: DecoderConfig, source: Path | None, tensors: dict, upda
     dtypes = {t.dtype for t in tensors.values() if t.is_floating_point()}
     if len(dtypes) == 1 and next(iter(dtypes)) in _DTYPE_NAMES:
         # Say what the files hold; transformers 5 calls the key "dtype", earlier versions "torch_dtype".
-        data["dtype" if "dtype" in data else "torch_dtype"] = _DTYPE_NAMES[dtypes.pop()]
+        name = _DTYPE_NAMES[dtypes.pop()]
+        for key in [k for k in ("dtype", "torch_dtype") if k in data] or ["torch_dtype"]:
+            data[key] = name
     data.update(updates)
     return data
 

@@ -70,7 +70,7 @@ def named_builder(name: str, config: DecoderConfig, title: str, module: str) -> 
         return build(_checked(name, config, checkpoint_dir), adapters)
 
     doc = f"{title}: {_describe(config)}." + _ARGS_DOC.format(
-        checkpoint="a Hugging Face model folder; its config.json must describe this same model.",
+        checkpoint="a Hugging Face model folder; its config.json (if any) must describe this same model.",
         raises="checkpoint_dir's config.json describes another architecture (the differing fields are named).")
     return _with_signature(builder, name, doc, module, None)
 
@@ -93,9 +93,16 @@ def add_builders(namespace: dict, family: str, title: str, sizes: dict[str, Deco
     names = []
     for size, config in sizes.items():
         name = f"{family}_{size}"
-        namespace[name] = named_builder(name, config, f"{title} {size.upper().replace('_', ' ')}", namespace["__name__"])
+        namespace[name] = named_builder(name, config, f"{title} {_spoken(size)}", namespace["__name__"])
         names.append(name)
     return names
+
+
+def _spoken(size: str) -> str:
+    """'0_5b' -> '0.5B', '7b_v0_1' -> '7B v0.1', as model cards write sizes."""
+    base, _, version = size.partition("_v")
+    base = base.replace("_", ".").replace("b", "B")
+    return f"{base} v{version.replace('_', '.')}" if version else base
 
 
 def _describe(c: DecoderConfig) -> str:
@@ -137,7 +144,9 @@ def from_pretrained(folder: str | Path, dtype: torch.dtype | str | None = None,
     from tunelib.checkpoint import load_hf_weights
 
     if isinstance(dtype, str):
-        dtype = getattr(torch, dtype)
+        dtype = getattr(torch, dtype, None) if dtype.isidentifier() else None
+        if not isinstance(dtype, torch.dtype):
+            raise ValueError("dtype must be a torch.dtype or a name such as 'bfloat16' or 'float32'")
     model = from_hf_config(folder)
     load_hf_weights(model, folder, dtype=dtype, device=device)
     return model.eval()

@@ -89,7 +89,7 @@ class Decoder(nn.Module):
         h = self.embed_tokens(input_ids)  # (B, T, hidden)
         if self.config.embed_scale:
             # The scale is rounded to the activations' dtype first, as Gemma was trained (bf16: 55.5).
-            h = h * torch.tensor(self.config.hidden_size ** 0.5, dtype=torch.float32).to(h.dtype)
+            h = h * torch.tensor(self.config.hidden_size ** 0.5, device=h.device).to(h.dtype)
         cos, sin = self.rotary_emb(position_ids, h.dtype)
         windows = {self.config.window(i) for i in range(len(self.layers))}
         masks = {w: build_mask(T, past + T, document_ids=document_ids, window=w, device=h.device) for w in windows}

@@ -23,6 +23,7 @@ def read_gelu(name: str) -> str:
 
 
 def read(hf: dict) -> DecoderConfig:
+    """This architecture's config.json -> DecoderConfig (ValueError for values we cannot run)."""
     fields = read_common(hf, ARCHITECTURE, DEFAULTS)
     bias = bool(hf.get("attention_bias", False))
     return DecoderConfig(**{**fields, **GEMMA_TRAITS, "hidden_act": read_gelu(fields["hidden_act"])},
@@ -30,6 +31,7 @@ def read(hf: dict) -> DecoderConfig:
 
 
 def write(c: DecoderConfig) -> dict:
+    """DecoderConfig -> config.json, for a folder saved without a source config."""
     return {**write_common(c, "gemma"), "attention_bias": c.qkv_bias}
 
 

@@ -19,6 +19,7 @@ GEMMA2_TRAITS = dict(GEMMA_TRAITS, sandwich_norms=True)
 
 
 def read(hf: dict) -> DecoderConfig:
+    """This architecture's config.json -> DecoderConfig (ValueError for values we cannot run)."""
     fields = read_common(hf, ARCHITECTURE, DEFAULTS)
     bias = bool(hf.get("attention_bias", False))
     return DecoderConfig(
@@ -32,6 +33,7 @@ def read(hf: dict) -> DecoderConfig:
 
 
 def write(c: DecoderConfig) -> dict:
+    """DecoderConfig -> config.json, for a folder saved without a source config."""
     return {**write_common(c, "gemma2"), "hidden_activation": c.hidden_act, "attention_bias": c.qkv_bias,
             "query_pre_attn_scalar": c.query_pre_attn_scalar, "attn_logit_softcapping": c.attn_logit_softcapping,
             "final_logit_softcapping": c.final_logit_softcapping, "sliding_window": c.sliding_window,

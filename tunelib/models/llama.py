@@ -19,12 +19,14 @@ def llama_config(**fields) -> DecoderConfig:
 
 
 def read(hf: dict) -> DecoderConfig:
+    """This architecture's config.json -> DecoderConfig (ValueError for values we cannot run)."""
     bias = bool(hf.get("attention_bias", False))  # Llama's flag covers q, k, v and o
     return DecoderConfig(**read_common(hf, ARCHITECTURE, DEFAULTS), qkv_bias=bias, o_bias=bias,
                          mlp_bias=bool(hf.get("mlp_bias", False)))
 
 
 def write(c: DecoderConfig) -> dict:
+    """DecoderConfig -> config.json, for a folder saved without a source config."""
     return {**write_common(c, "llama"), "attention_bias": c.qkv_bias, "mlp_bias": c.mlp_bias}
 
 

@@ -16,11 +16,13 @@ DEFAULTS = {"rms_norm_eps": 1e-6, "tie_word_embeddings": False, "hidden_act": "s
 
 
 def read(hf: dict) -> DecoderConfig:
+    """This architecture's config.json -> DecoderConfig (ValueError for values we cannot run)."""
     # MistralConfig's default window is 4096: a config.json without the key has one.
     return DecoderConfig(**read_common(hf, ARCHITECTURE, DEFAULTS), sliding_window=hf.get("sliding_window", 4096))
 
 
 def write(c: DecoderConfig) -> dict:
+    """DecoderConfig -> config.json, for a folder saved without a source config."""
     return {**write_common(c, "mistral"), "sliding_window": c.sliding_window}
 
 

@@ -18,6 +18,7 @@ class RMSNorm(nn.Module):
         super().__init__()
         self.weight = nn.Parameter(torch.empty(dim))
         self.eps, self.offset = eps, offset
+        self.reset_parameters()
 
     def reset_parameters(self) -> None:
         """Start as the identity scale: weight 1, or 0 when stored as an offset from 1."""

@@ -20,10 +20,12 @@ QKV, GATE_UP = "self_attn.qkv_proj.weight", "mlp.gate_up_proj.weight"
 
 
 def read(hf: dict) -> DecoderConfig:
+    """This architecture's config.json -> DecoderConfig (ValueError for values we cannot run)."""
     return DecoderConfig(**read_common(hf, ARCHITECTURE, DEFAULTS), sliding_window=hf.get("sliding_window"))
 
 
 def write(c: DecoderConfig) -> dict:
+    """DecoderConfig -> config.json, for a folder saved without a source config."""
     return {**write_common(c, "phi3"), "sliding_window": c.sliding_window}
 
 

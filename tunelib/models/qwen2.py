@@ -38,10 +38,12 @@ def qwen2_config(**fields) -> DecoderConfig:
 
 
 def read(hf: dict) -> DecoderConfig:
+    """This architecture's config.json -> DecoderConfig (ValueError for values we cannot run)."""
     return DecoderConfig(**read_common(hf, ARCHITECTURE, DEFAULTS), qkv_bias=True, **read_sliding(hf))
 
 
 def write(c: DecoderConfig) -> dict:
+    """DecoderConfig -> config.json, for a folder saved without a source config."""
     return {**write_common(c, "qwen2"), **write_sliding(c)}
 
 

@@ -17,12 +17,14 @@ DEFAULTS = {"rms_norm_eps": 1e-6, "tie_word_embeddings": False, "hidden_act": "s
 
 
 def read(hf: dict) -> DecoderConfig:
+    """This architecture's config.json -> DecoderConfig (ValueError for values we cannot run)."""
     bias = bool(hf.get("attention_bias", False))
     return DecoderConfig(**read_common(hf, ARCHITECTURE, DEFAULTS), qk_norm=True, qkv_bias=bias, o_bias=bias,
                          **read_sliding(hf))
 
 
 def write(c: DecoderConfig) -> dict:
+    """DecoderConfig -> config.json, for a folder saved without a source config."""
     return {**write_common(c, "qwen3"), "attention_bias": c.qkv_bias, **write_sliding(c)}
 
 
