@@ -271,3 +271,12 @@ def test_local_json_array_file(plain, tmp_path):
     path = tmp_path / "rows.json"
     path.write_text(json.dumps(ALPACA_ROWS))
     assert len(D.alpaca_dataset(plain, source="json", data_files=str(path))) == len(ALPACA_ROWS)
+
+
+def test_tokenizing_in_several_processes_gives_the_same_rows(llama3, tmp_path):
+    from support.data import many_rows
+
+    path = write_rows(tmp_path / "rows.jsonl", many_rows(64))
+    one = D.alpaca_dataset(llama3, source="json", data_files=str(path))
+    two = D.alpaca_dataset(llama3, source="json", data_files=str(path), num_proc=2)
+    assert [two[i] for i in range(len(two))] == [one[i] for i in range(len(one))]

@@ -160,3 +160,17 @@ def test_import_is_light():
     code = "import sys, tunelib.tokenizers; print([m for m in ('transformers', 'datasets') if m in sys.modules])"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("family,file", [("llama3", "original/tokenizer.model"), ("llama2", "tokenizer.model"),
+                                         ("qwen2_5", "")])
+def test_tokenizers_pickle_for_worker_processes(tokenizer_folders, family, file):
+    # datasets.map(num_proc=N) sends the tokenizer to worker processes.
+    import pickle
+
+    info = tokenizer_folders(family)
+    tok = T.from_pretrained(info.folder / file if file else info.folder, max_seq_len=64)
+    copy = pickle.loads(pickle.dumps(tok))
+    messages = [{"role": "user", "content": "Hi 你好"}, {"role": "assistant", "content": "Hello 😀"}]
+    assert copy.tokenize_messages(messages) == tok.tokenize_messages(messages)
+    assert copy.encode("x  y") == tok.encode("x  y")

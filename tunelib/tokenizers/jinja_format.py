@@ -102,6 +102,14 @@ class JinjaChatFormat:
         self._specials = {k: v for k, v in special_strings.items()}
         self._end_markers = sorted({m for m in end_markers if m}, key=len, reverse=True)
 
+    def __getstate__(self):
+        # Compiled templates do not pickle; datasets' worker processes recompile them.
+        return {k: v for k, v in self.__dict__.items() if k != "_template"}
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._template = compile_template(self.source)
+
     def _render(self, messages: list[dict], gen: bool) -> str:
         import jinja2
 
