@@ -19,7 +19,9 @@ Vocabulary sizes (ids 0..vocab_size-1):
 | phi4 | tokenizer.json | 512 | <|endoftext|>=512 <|im_start|>=513 <|im_end|>=514 <|im_sep|>=515 | 516 |
 
 Each folder gets the family's tokenizer_config.json with its real chat template (from
-tests/assets/chat_templates), special_tokens_map.json and generation_config.json.
+tests/assets/chat_templates), special_tokens_map.json and generation_config.json. To put a
+tiny model beside it, save the model first, then write the tokenizer: it leaves config.json
+alone and only sets the stop-token ids (eos_token_id) in the model's generation_config.json.
 """
 
 from __future__ import annotations
@@ -253,11 +255,12 @@ def tiktoken_file(tokenizer_json: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-# Real Llama 2 / Mistral / Phi-3 configs say "LlamaTokenizer"; transformers 5 then rebuilds
-# the pipeline from its own class (a Metaspace that skips the dummy prefix before a leading
-# space) instead of reading tokenizer.json's normalizer. tunelib, like the `tokenizers` library,
-# vLLM and SentencePiece itself, uses the file as written; this class makes transformers do too.
-SENTENCEPIECE_JSON_CLASS = "PreTrainedTokenizerFast"
+# Real Llama 2 / Mistral / Phi-3 configs say "LlamaTokenizer" and Phi-4's "GPT2Tokenizer";
+# transformers 5 then rebuilds the pipeline from its own class (a Metaspace that skips the
+# dummy prefix before a leading space; GPT-2's split pattern) instead of reading
+# tokenizer.json's. tunelib, like the `tokenizers` library, vLLM and SentencePiece itself, uses
+# the file as written; this class makes transformers do so too.
+AS_WRITTEN_CLASS = "PreTrainedTokenizerFast"
 
 # -- folder writers -----------------------------------------------------------------------------
 
@@ -292,7 +295,12 @@ def _configs(folder: Path, *, bos, eos, pad=None, unk=None, template=None, add_b
                 {k: v for k, v in (("bos_token", bos), ("eos_token", eos), ("pad_token", pad),
                                    ("unk_token", unk)) if v is not None})
     if gen_eos is not None:
-        _write_json(folder, "generation_config.json", {"eos_token_id": gen_eos})
+        # A model saved in the same folder may have written generation_config.json already:
+        # keep its other settings, and make its token ids the tokenizer's.
+        path = folder / "generation_config.json"
+        generation = json.loads(path.read_text()) if path.is_file() else {}
+        generation["eos_token_id"] = gen_eos
+        _write_json(folder, "generation_config.json", generation)
 
 
 def write_llama2(folder, *, template: str | None = "llama2", tokenizer_json: bool = True) -> TokenizerInfo:
@@ -304,7 +312,7 @@ def write_llama2(folder, *, template: str | None = "llama2", tokenizer_json: boo
     if tokenizer_json:
         (folder / "tokenizer.json").write_text(_sentencepiece_to_json(model, dummy_prefix=True, bos="<s>"))
     _configs(folder, bos="<s>", eos="</s>", unk="<unk>", template=template, add_bos=True,
-             tokenizer_class=SENTENCEPIECE_JSON_CLASS)
+             tokenizer_class=AS_WRITTEN_CLASS)
     return TokenizerInfo(folder, folder / "tokenizer.model", BASE_VOCAB, "llama2")
 
 
@@ -359,7 +367,6 @@ def write_qwen(folder, version: str = "qwen2_5", *, template: str | None = "defa
              template=version if template == "default" else template, add_bos=False,
              added=ids, gen_eos=[ids["<|im_end|>"], ids["<|endoftext|>"]],
              tokenizer_class="Qwen2Tokenizer")
-    _write_json(folder, "config.json", {"model_type": "qwen3" if version == "qwen3" else "qwen2"})
     return TokenizerInfo(folder, folder / "tokenizer.json", BASE_VOCAB + len(added), version)
 
 
@@ -370,7 +377,7 @@ def write_mistral(folder, *, template: str | None = "mixtral") -> TokenizerInfo:
     (folder / "tokenizer.model").write_bytes(model)
     (folder / "tokenizer.json").write_text(_sentencepiece_to_json(model, dummy_prefix=True, bos="<s>"))
     _configs(folder, bos="<s>", eos="</s>", unk="<unk>", template=template, add_bos=True,
-             tokenizer_class=SENTENCEPIECE_JSON_CLASS)
+             tokenizer_class=AS_WRITTEN_CLASS)
     return TokenizerInfo(folder, folder / "tokenizer.json", BASE_VOCAB, "mistral")
 
 
@@ -401,8 +408,7 @@ def write_phi3(folder, *, template: str | None = "phi3") -> TokenizerInfo:
     _configs(folder, bos="<s>", eos="<|endoftext|>", pad="<|endoftext|>", unk="<unk>",
              template=template, added=added,
              gen_eos=[added["<|endoftext|>"], added["<|assistant|>"], added["<|end|>"]],
-             tokenizer_class=SENTENCEPIECE_JSON_CLASS)
-    _write_json(folder, "config.json", {"model_type": "phi3"})
+             tokenizer_class=AS_WRITTEN_CLASS)
     return TokenizerInfo(folder, folder / "tokenizer.json", BASE_VOCAB + len(added), "phi3")
 
 
@@ -412,8 +418,7 @@ def write_phi4(folder, *, template: str | None = "phi4") -> TokenizerInfo:
     added = [("<|endoftext|>", True), ("<|im_start|>", True), ("<|im_end|>", True), ("<|im_sep|>", True)]
     (folder / "tokenizer.json").write_text(_with_added(byte_level_bpe(LLAMA3_PATTERN), added))
     _configs(folder, bos="<|endoftext|>", eos="<|im_end|>", pad="<|endoftext|>", template=template,
-             add_bos=False, tokenizer_class="GPT2Tokenizer")
-    _write_json(folder, "config.json", {"model_type": "phi3"})
+             add_bos=False, tokenizer_class=AS_WRITTEN_CLASS)
     return TokenizerInfo(folder, folder / "tokenizer.json", BASE_VOCAB + len(added), "phi4")
 
 

@@ -174,3 +174,24 @@ def test_tokenizers_pickle_for_worker_processes(tokenizer_folders, family, file)
     messages = [{"role": "user", "content": "Hi 你好"}, {"role": "assistant", "content": "Hello 😀"}]
     assert copy.tokenize_messages(messages) == tok.tokenize_messages(messages)
     assert copy.encode("x  y") == tok.encode("x  y")
+
+
+@pytest.mark.parametrize("model_family,tokenizer_family", [("qwen2", "qwen2_5"), ("llama3", "llama3")])
+def test_a_tiny_model_and_tokenizer_share_a_folder(tmp_path, model_family, tokenizer_family):
+    # Recipe tests save a tiny model, then write the tokenizer beside it.
+    from support.models import make_hf_model_folder
+    from support.tokenizers import write_tokenizer
+
+    from tunelib.models import from_pretrained as load_model
+
+    folder = tmp_path / "model"
+    make_hf_model_folder(folder, model_family, vocab_size=1024)
+    config = (folder / "config.json").read_text()
+    info = write_tokenizer(folder, tokenizer_family)
+    assert (folder / "config.json").read_text() == config  # the model's config is untouched
+    tok = T.from_pretrained(folder)
+    assert tok.family == tokenizer_family and tok.vocab_size == info.vocab_size <= 1024
+    assert tok.stop_tokens == sorted({tok.eos_id, *json.loads((folder / "generation_config.json").read_text())["eos_token_id"]})
+    model = load_model(folder)
+    ids = tok.encode("Hello there")
+    assert model(__import__("torch").tensor([ids])).shape == (1, len(ids), 1024)

@@ -53,9 +53,10 @@ def alpaca_dataset(
         messages = [Message("user", alpaca_prompt(instruction, extra)), Message("assistant", output)]
         return with_masks(messages, train_on_input)
 
-    return _build(tokenizer, "alpaca", source, split, load_dataset_kwargs, filter_fn, convert,
-                  required=[fields["instruction"], fields["output"]], packed=packed, weight=weight,
-                  num_proc=num_proc, settings={"columns": fields, "train_on_input": train_on_input})
+    return _build(tokenizer, "alpaca", source, split, load_dataset_kwargs, filter_fn,
+                  lambda raw: (convert, [fields["instruction"], fields["output"]]), packed=packed,
+                  weight=weight, num_proc=num_proc,
+                  settings={"columns": fields, "train_on_input": train_on_input})
 
 
 def instruct_dataset(
@@ -90,10 +91,11 @@ def instruct_dataset(
         messages.append(Message("assistant", _text(row, fields["output"], index, name)))
         return with_masks(add_system_prompt(messages, new_system_prompt), train_on_input)
 
-    return _build(tokenizer, "instruct", source, split, load_dataset_kwargs, filter_fn, convert,
-                  required=[fields["input"], fields["output"]], packed=packed, weight=weight,
-                  num_proc=num_proc, settings={"columns": fields, "train_on_input": train_on_input,
-                                               "system": new_system_prompt})
+    return _build(tokenizer, "instruct", source, split, load_dataset_kwargs, filter_fn,
+                  lambda raw: (convert, [fields["input"], fields["output"]]), packed=packed,
+                  weight=weight, num_proc=num_proc,
+                  settings={"columns": fields, "train_on_input": train_on_input,
+                            "system": new_system_prompt})
 
 
 def chat_dataset(
@@ -122,28 +124,24 @@ def chat_dataset(
     if conversation_style not in ("auto", "sharegpt", "openai"):
         raise DataError(f"dataset.conversation_style={conversation_style!r}; use sharegpt, openai or auto")
 
-    def convert(row, index, name):
-        turns = row.get(column)
-        where = f"row {index} of {name}"
-        style = conversation_style
-        if style == "auto":
-            first = turns[0] if isinstance(turns, list) and turns and isinstance(turns[0], dict) else {}
-            style = "sharegpt" if "from" in first else "openai"
-        to_messages = sharegpt_to_messages if style == "sharegpt" else openai_to_messages
-        messages = add_system_prompt(to_messages(turns, f"{where}, column {column!r}"), new_system_prompt)
-        return with_masks(messages, train_on_input)
+    def prepare(raw):
+        column = conversation_column or next(
+            (c for c in ("conversations", "messages") if c in raw.column_names), "conversations")
 
-    def pick_column(raw):
-        nonlocal column
-        if conversation_column is not None:
-            column = conversation_column
-        else:
-            column = next((c for c in ("conversations", "messages") if c in raw.column_names), "conversations")
-        return [column]
+        def convert(row, index, name):
+            turns = row.get(column)
+            style = conversation_style
+            if style == "auto":
+                first = turns[0] if isinstance(turns, list) and turns and isinstance(turns[0], dict) else {}
+                style = "sharegpt" if "from" in first else "openai"
+            to_messages = sharegpt_to_messages if style == "sharegpt" else openai_to_messages
+            messages = to_messages(turns, f"row {index} of {name}, column {column!r}")
+            return with_masks(add_system_prompt(messages, new_system_prompt), train_on_input)
 
-    column = conversation_column
-    return _build(tokenizer, "chat", source, split, load_dataset_kwargs, filter_fn, convert,
-                  required=pick_column, packed=packed, weight=weight, num_proc=num_proc,
+        return convert, [column]
+
+    return _build(tokenizer, "chat", source, split, load_dataset_kwargs, filter_fn, prepare,
+                  packed=packed, weight=weight, num_proc=num_proc,
                   settings={"column": conversation_column, "style": conversation_style,
                             "train_on_input": train_on_input, "system": new_system_prompt})
 
@@ -169,8 +167,8 @@ def text_completion_dataset(
     def convert(row, index, name):
         return _text(row, column, index, name)
 
-    return _build(tokenizer, "text", source, split, load_dataset_kwargs, filter_fn, convert,
-                  required=[column], packed=packed, weight=weight, num_proc=num_proc,
+    return _build(tokenizer, "text", source, split, load_dataset_kwargs, filter_fn,
+                  lambda raw: (convert, [column]), packed=packed, weight=weight, num_proc=num_proc,
                   settings={"column": column}, add_eos=add_eos)
 
 
@@ -198,15 +196,20 @@ def _text(row: dict, column: str, index: int, name: str, required: bool = True) 
     raise DataError(f"row {index} of {name}: field {column!r} is a {type(value).__name__}, expected text")
 
 
-def _build(tokenizer, kind, source, split, load_kwargs, filter_fn, convert, *, required, packed,
-           weight, num_proc, settings, add_eos=False):
+def _build(tokenizer, kind, source, split, load_kwargs, filter_fn, prepare, *, packed, weight,
+           num_proc, settings, add_eos=False):
+    """Load, check columns, filter, tokenize, report, and pack if asked.
+
+    `prepare(raw)` returns (convert(row, index, name) -> messages or text, the columns every
+    row needs); it sees the raw dataset so a builder can pick a column by what exists.
+    """
     if weight is not None and not weight > 0:
         raise DataError(f"dataset.weight={weight}; use a positive number")
     if packed and tokenizer.max_seq_len is None:
         raise DataError("dataset.packed=True needs a pack length: set tokenizer.max_seq_len")
     name = describe_source(source, load_kwargs.get("data_files"), split)
     raw = load_source(source, split=split, **load_kwargs)
-    columns = required(raw) if callable(required) else required
+    convert, columns = prepare(raw)
     missing = [c for c in columns if c not in raw.column_names]
     if missing:
         raise DataError(

@@ -9,8 +9,9 @@ span. So ids match Hugging Face exactly and the mask follows the text, not token
 
 from __future__ import annotations
 
-import bisect
 from dataclasses import dataclass, field
+
+import numpy as np
 
 from tunelib.errors import DataError
 
@@ -86,12 +87,12 @@ def trained_mask(offsets: list[tuple[int, int]], spans: list[tuple[int, int]]) -
     A token is trained when its characters overlap a trained span; a zero-width token counts
     when its position falls inside one. Spans must not overlap each other.
     """
-    spans = sorted(spans)
-    starts = [s for s, _ in spans]
-    mask = []
-    for start, end in offsets:
-        # The only span that can overlap is the last one starting before the token ends.
-        k = bisect.bisect_right(starts, start if end == start else end - 1) - 1
-        trained = k >= 0 and spans[k][1] > start
-        mask.append(not trained)
-    return mask
+    if not spans or not offsets:
+        return [True] * len(offsets)
+    spans = np.asarray(sorted(spans), dtype=np.int64)
+    tokens = np.asarray(offsets, dtype=np.int64)
+    start, end = tokens[:, 0], tokens[:, 1]
+    # The only span that can overlap is the last one starting before the token ends.
+    k = np.searchsorted(spans[:, 0], np.where(end > start, end - 1, start), side="right") - 1
+    trained = (k >= 0) & (spans[np.maximum(k, 0), 1] > start)
+    return (~trained).tolist()

@@ -27,7 +27,7 @@ def detect_family(special_tokens: dict[str, int], model_config: dict, kind: str)
     if "<|im_sep|>" in tokens:
         return "phi4"
     if "<|im_start|>" in tokens:
-        if model_type.startswith("qwen3"):
+        if model_type.startswith("qwen3") or "<think>" in tokens:
             return "qwen3"
         return "qwen2_5" if "<tool_call>" in tokens else "qwen2"
     if "<start_of_turn>" in tokens or model_type.startswith("gemma"):

@@ -99,7 +99,7 @@ class JinjaChatFormat:
     def __init__(self, source: str, special_strings: dict[str, str | None], end_markers: list[str]):
         self.source = source
         self._template = compile_template(source)
-        self._specials = {k: v for k, v in special_strings.items()}
+        self._specials = dict(special_strings)
         self._end_markers = sorted({m for m in end_markers if m}, key=len, reverse=True)
 
     def __getstate__(self):

@@ -81,11 +81,9 @@ def _codec(files: TokenizerFiles):
 
         return HFCodec(files.file)
     if files.kind == "tiktoken":
-        from tunelib.tokenizers.tiktoken_codec import TiktokenCodec, llama3_special_tokens, read_tiktoken_ranks
+        from tunelib.tokenizers.tiktoken_codec import TiktokenCodec
 
-        specials = llama3_special_tokens(len(read_tiktoken_ranks(files.file)))
-        specials.update(added)
-        return TiktokenCodec(files.file, special_tokens=specials)
+        return TiktokenCodec(files.file, added_tokens=added)
     from tunelib.tokenizers.sentencepiece_codec import SentencePieceCodec
 
     try:

@@ -79,16 +79,20 @@ def looks_like_tiktoken(path: Path) -> bool:
 
 
 class TiktokenCodec:
-    """Encodes with tiktoken's BPE; special-token strings in the text become their ids."""
+    """Encodes with tiktoken's BPE; special-token strings in the text become their ids.
 
-    def __init__(self, path: str | Path, *, pattern: str = LLAMA3_PATTERN, special_tokens=None):
+    The special tokens are Llama 3's, numbered from the base vocabulary size, plus
+    `added_tokens` (string -> id) from the folder's tokenizer_config.json, which win.
+    """
+
+    def __init__(self, path: str | Path, *, pattern: str = LLAMA3_PATTERN,
+                 added_tokens: dict[str, int] | None = None):
         import tiktoken
 
         path = Path(path)
         ranks = read_tiktoken_ranks(path)
-        if special_tokens is None:
-            special_tokens = llama3_special_tokens(len(ranks))
-        self.special_tokens = dict(special_tokens)
+        self.special_tokens = llama3_special_tokens(len(ranks))
+        self.special_tokens.update(added_tokens or {})
         self.fingerprint = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
         self.enc = tiktoken.Encoding(
             name=f"tunelib-{self.fingerprint}",
