@@ -65,6 +65,8 @@ def test_alpaca_defaults_to_the_hub_dataset_and_says_when_it_cannot_be_reached(p
     assert inspect.signature(D.alpaca_dataset).parameters["train_on_input"].default is True
     with pytest.raises(DataError, match="tatsu-lab/alpaca could not be downloaded.*source=json"):
         D.alpaca_dataset(plain)
+    with pytest.raises(DataError, match="yahma/alpaca-cleaned could not be downloaded"):
+        D.alpaca_cleaned_dataset(plain)
 
 
 @pytest.mark.parametrize("suffix,source", [("jsonl", "json"), ("json", "json"), ("csv", "csv"),
@@ -260,7 +262,8 @@ def test_packed_needs_a_max_seq_len(tokenizer_folders, tmp_path):
 
 
 def test_builders_take_the_tokenizer_first_as_instantiate_passes_it():
-    for builder in (D.alpaca_dataset, D.instruct_dataset, D.chat_dataset, D.text_completion_dataset):
+    for builder in (D.alpaca_dataset, D.alpaca_cleaned_dataset, D.instruct_dataset, D.chat_dataset,
+                    D.text_completion_dataset):
         params = list(inspect.signature(builder).parameters.values())
         assert params[0].name == "tokenizer" and params[0].kind is params[0].POSITIONAL_OR_KEYWORD
         assert all(p.kind in (p.KEYWORD_ONLY, p.VAR_KEYWORD) for p in params[1:])
@@ -280,3 +283,12 @@ def test_tokenizing_in_several_processes_gives_the_same_rows(llama3, tmp_path):
     one = D.alpaca_dataset(llama3, source="json", data_files=str(path))
     two = D.alpaca_dataset(llama3, source="json", data_files=str(path), num_proc=2)
     assert [two[i] for i in range(len(two))] == [one[i] for i in range(len(one))]
+
+
+def test_import_does_not_load_datasets_or_transformers():
+    import subprocess
+    import sys
+
+    code = "import sys, tunelib.data; print([m for m in ('transformers', 'datasets') if m in sys.modules])"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

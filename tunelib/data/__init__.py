@@ -11,7 +11,13 @@
 See docs/data.md.
 """
 
-from tunelib.data.builders import alpaca_dataset, chat_dataset, instruct_dataset, text_completion_dataset
+from tunelib.data.builders import (
+    alpaca_cleaned_dataset,
+    alpaca_dataset,
+    chat_dataset,
+    instruct_dataset,
+    text_completion_dataset,
+)
 from tunelib.data.checks import check_token_ids
 from tunelib.data.collate import collate
 from tunelib.data.labels import IGNORE_INDEX, shift_labels
@@ -26,7 +32,7 @@ from tunelib.data.tokenized import TokenizedDataset
 
 __all__ = [
     "IGNORE_INDEX", "ConcatDataset", "DataSummary", "Loader", "Message", "MixedDataset",
-    "PackedDataset", "TokenizedDataset", "alpaca_dataset", "alpaca_prompt", "build_loader",
+    "PackedDataset", "TokenizedDataset", "alpaca_cleaned_dataset", "alpaca_dataset", "alpaca_prompt", "build_loader",
     "chat_dataset", "check_token_ids", "collate", "combine", "instruct_dataset",
     "openai_to_messages", "preview", "sharegpt_to_messages", "shift_labels",
     "text_completion_dataset",

@@ -59,6 +59,26 @@ def alpaca_dataset(
                   settings={"columns": fields, "train_on_input": train_on_input})
 
 
+def alpaca_cleaned_dataset(
+    tokenizer,
+    *,
+    source: str = "yahma/alpaca-cleaned",
+    column_map: Mapping[str, str] | None = None,
+    train_on_input: bool = True,
+    packed: bool = False,
+    split: str = "train",
+    filter_fn: Callable | None = None,
+    weight: float | None = None,
+    num_proc: int | None = None,
+    **load_dataset_kwargs,
+):
+    """`alpaca_dataset` on the cleaned Alpaca data (yahma/alpaca-cleaned), torchtune's default
+    in many configs. Same arguments."""
+    return alpaca_dataset(tokenizer, source=source, column_map=column_map, train_on_input=train_on_input,
+                          packed=packed, split=split, filter_fn=filter_fn, weight=weight,
+                          num_proc=num_proc, **load_dataset_kwargs)
+
+
 def instruct_dataset(
     tokenizer,
     *,
