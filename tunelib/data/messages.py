@@ -5,8 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from tunelib.errors import DataError
-
-ROLES = ("system", "user", "assistant", "tool", "ipython")
+from tunelib.tokenizers.chat import ROLES
 
 _SHAREGPT_ROLES = {
     "system": "system", "human": "user", "user": "user", "gpt": "assistant",

@@ -18,7 +18,7 @@ END_OF_TURN_TOKENS = (
 PAD_FALLBACKS = ("<|finetune_right_pad_id|>",)
 
 
-def detect_family(special_tokens: dict[str, int], model_config: dict, kind: str) -> str | None:
+def detect_family(special_tokens: dict[str, int], model_config: dict) -> str | None:
     """Guess the family from the special tokens, then from config.json's model_type."""
     tokens = set(special_tokens)
     model_type = str(model_config.get("model_type", "")).lower()

@@ -50,7 +50,7 @@ def load(path, max_seq_len=None, *, chat_format=None, truncation_type="right",
     files = locate(path)
     codec = _codec(files)
     cfg = _settings(files)
-    family = family or detect_family(codec.special_tokens, files.model_config, files.kind)
+    family = family or detect_family(codec.special_tokens, files.model_config)
 
     bos = _special(cfg, "bos_token", _default_bos(files, codec))
     eos = _special(cfg, "eos_token", _default_eos(files, codec))
