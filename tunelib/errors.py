@@ -22,3 +22,9 @@ class DataError(UserError):
 
 class CheckpointError(UserError):
     """A checkpoint folder, file, key or shape that cannot be used."""
+
+
+class TrainingStopped(UserError):
+    """Training stopped on purpose (a non-finite loss, a dead peer); the message says why and what is kept."""
+
+    exit_code = 1

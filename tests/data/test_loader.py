@@ -161,7 +161,7 @@ def test_real_dataset_batches(llama3, tmp_path):
     data = D.alpaca_dataset(llama3, source="json", data_files=str(path))
     loader = D.build_loader(data, batch_size=2, seed=0)
     batch = next(iter(loader))
-    assert set(batch) == {"input_ids", "labels", "position_ids"}
+    assert set(batch) == {"input_ids", "labels", "position_ids", "num_tokens"}
     assert batch["input_ids"].shape == batch["labels"].shape == batch["position_ids"].shape
     pads = batch["input_ids"] == llama3.pad_id
     assert (batch["labels"][pads] == -100).all()

@@ -8,6 +8,7 @@ model it came from. Writing into a temporary folder and renaming it is the calle
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -62,6 +63,9 @@ def save_hf_folder(state_dict: dict[str, torch.Tensor], out_dir: str | Path, *, 
     out.mkdir(parents=True, exist_ok=True)
     source = Path(source_dir) if source_dir is not None else None
     config = config or read_hf_config(source)
+    if (config_updates or {}).get("tie_word_embeddings") is False and config.tie_word_embeddings:
+        # A merged lm_head or embedding adapter unties the two: write both weights.
+        config = dataclasses.replace(config, tie_word_embeddings=False)
     tensors = {name: t.detach().to("cpu").contiguous() for name, t in hf_state_dict(state_dict, config).items()}
     from huggingface_hub import save_torch_state_dict
 

@@ -15,7 +15,7 @@ def collate(samples: list[dict], *, pad_id: int = 0, pad_to: int | None = None,
     T is the longest sample, rounded up to `pad_to_multiple_of`, or exactly `pad_to` (fixed
     shapes help torch.compile). Returns input_ids (pads = `pad_id`), labels (pads = -100),
     position_ids (0, 1, ... per sample, or the pack's own) and, for packed samples,
-    document_ids (pads get a document of their own). Raises DataError when a sample is longer
+    document_ids (pads get a document of their own), and num_tokens, the count of real tokens. Raises DataError when a sample is longer
     than `pad_to`.
     """
     longest = max(len(s["tokens"]) for s in samples)
@@ -34,6 +34,8 @@ def collate(samples: list[dict], *, pad_id: int = 0, pad_to: int | None = None,
     }
     if packed:
         batch["document_ids"] = torch.zeros((len(samples), length), dtype=torch.long)
+    # Real (non-padding) tokens, for tokens-per-second.
+    batch["num_tokens"] = torch.tensor(sum(len(s["tokens"]) for s in samples), dtype=torch.long)
     for row, s in enumerate(samples):
         n = len(s["tokens"])
         batch["input_ids"][row, :n] = torch.as_tensor(s["tokens"], dtype=torch.long)

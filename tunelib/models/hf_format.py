@@ -41,6 +41,9 @@ class HFFormat:
     write: Callable[[DecoderConfig], dict]  # DecoderConfig -> config.json, when no source file exists
     split: Callable[[str, torch.Tensor, DecoderConfig], Tensors] = same_names  # checkpoint tensor -> ours
     fuse: Callable[[dict, DecoderConfig], dict] = unchanged  # our state dict -> checkpoint keys
+    # Checkpoint modules that fuse several of ours, e.g. {"qkv_proj": ("q_proj", "k_proj", "v_proj")}:
+    # PEFT adapters for such a model name the fused module.
+    fused_projections: dict[str, tuple[str, ...]] | None = None
 
 
 def read_common(hf: dict, architecture: str, defaults: dict[str, Any]) -> dict[str, Any]:

@@ -60,7 +60,8 @@ def fuse(state_dict: dict[str, torch.Tensor], c: DecoderConfig) -> dict[str, tor
     return out
 
 
-HF_FORMAT = HFFormat(ARCHITECTURE, "phi3", read, write, split, fuse)
+FUSED_PROJECTIONS = {"qkv_proj": ("q_proj", "k_proj", "v_proj"), "gate_up_proj": ("gate_proj", "up_proj")}
+HF_FORMAT = HFFormat(ARCHITECTURE, "phi3", read, write, split, fuse, FUSED_PROJECTIONS)
 
 SIZES = {
     "mini": DecoderConfig(architecture=ARCHITECTURE, vocab_size=32064, hidden_size=3072, intermediate_size=8192,

@@ -1,0 +1,36 @@
+"""LoRA, DoRA and QLoRA fine-tuning: small adapters train, the base model stays frozen.
+
+    tune run lora_finetune_single_device --config llama3_1/8B_lora
+    tune run lora_finetune_single_device --config llama3_1/8B_qlora        # NF4 base weights
+    tune run lora_finetune_single_device --config llama3_1/8B_dora
+    tune run --nproc_per_node 8 lora_finetune_distributed --config llama3_1/70B_lora
+    python recipes/lora_finetune.py --config llama3_1/8B_lora model.lora_rank=64
+
+The model config chooses the method (`lora_attn_modules`, `apply_lora_to_mlp`, `lora_rank`,
+`use_dora`, `quantize_base`, ...). Output: `output_dir/final/adapter` (a PEFT folder) and,
+unless save_adapter_weights_only=True, `output_dir/final/merged` (an HF model folder).
+The loop is `tunelib.training.train`; the assembly, in order, is `tunelib.training.setup`.
+"""
+
+import sys
+
+from tunelib.training import train
+from tunelib.training.settings import LoRASettings
+from tunelib.training.setup import build_run
+
+NAMES = ("lora_finetune_single_device", "lora_finetune_distributed")
+CONFIGS = ("*_lora", "*_qlora", "*_dora", "*_qdora")
+SCHEMA = LoRASettings
+
+
+def main(cfg) -> int:
+    built = build_run(cfg, method="lora")
+    with built:  # closes loggers, signal handlers and the process group, whatever happens
+        train(built.run)
+    return built.report(adapter=True, merged=not cfg.save_adapter_weights_only)
+
+
+if __name__ == "__main__":
+    from tunelib.config import run_script
+
+    run_script(main, SCHEMA, sys.argv[1:])

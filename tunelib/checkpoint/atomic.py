@@ -1,0 +1,146 @@
+"""Checkpoint folders that are either complete or absent: no save can destroy the previous one.
+
+A checkpoint is written into a hidden temporary folder beside its final name; a completion
+marker is written last, everything is flushed to disk, and only then is the folder renamed
+into place. A crash or a kill at any moment leaves either the old state or the new one,
+plus at worst a `.step_N.tmp-*` folder that resume ignores (and says so).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+MARKER = "tunelib_complete.json"
+_STEP = re.compile(r"^step_(\d+)$")
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A complete checkpoint folder and what its marker says."""
+
+    path: Path
+    step: int
+    final: bool
+
+
+@contextmanager
+def atomic_folder(final: Path, *, step: int, is_final: bool) -> Iterator[Path]:
+    """Yield an empty temporary folder; on normal exit it becomes `final`, complete.
+
+    If the body raises, the temporary folder is removed and `final` is untouched.
+    """
+    final = Path(final)
+    tmp = final.parent / f".{final.name}.tmp-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    try:
+        yield tmp
+        _write_marker(tmp, step, is_final)
+        _sync_tree(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    _swap_into_place(tmp, final)
+    _remove_stale_temporaries(final)
+
+
+def _write_marker(folder: Path, step: int, is_final: bool) -> None:
+    from tunelib import __version__
+
+    info = {"step": step, "final": is_final, "time": time.strftime("%Y-%m-%dT%H:%M:%S"), "tunelib": __version__}
+    (folder / MARKER).write_text(json.dumps(info) + "\n")
+
+
+def _sync_tree(folder: Path) -> None:
+    """fsync every file and folder, so a power cut after the rename cannot leave holes."""
+    for root, _, files in os.walk(folder):
+        for name in files:
+            fd = os.open(os.path.join(root, name), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        _fsync_dir(Path(root))
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _swap_into_place(tmp: Path, final: Path) -> None:
+    if final.exists():
+        # Re-saving a step (after a resume): move the old one aside first, so a crash between
+        # the two renames still leaves one complete copy.
+        old = final.parent / f".{final.name}.old-{os.getpid()}"
+        os.rename(final, old)
+        os.rename(tmp, final)
+        shutil.rmtree(old)
+    else:
+        os.rename(tmp, final)
+    _fsync_dir(final.parent)
+
+
+def _remove_stale_temporaries(final: Path) -> None:
+    for leftover in final.parent.glob(f".{final.name}.tmp-*"):
+        shutil.rmtree(leftover, ignore_errors=True)
+
+
+def read_marker(folder: Path) -> Checkpoint | None:
+    """The checkpoint in `folder`, or None when it has no readable completion marker."""
+    try:
+        info = json.loads((Path(folder) / MARKER).read_text())
+        return Checkpoint(Path(folder), int(info["step"]), bool(info.get("final", False)))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def complete_checkpoints(output_dir: Path) -> list[Checkpoint]:
+    """Complete checkpoints in `output_dir`, oldest first (the final one last among equals)."""
+    found = []
+    for folder in Path(output_dir).iterdir() if Path(output_dir).is_dir() else []:
+        if folder.is_dir() and (_STEP.match(folder.name) or folder.name == "final"):
+            marker = read_marker(folder)
+            if marker is not None:
+                found.append(marker)
+    return sorted(found, key=lambda c: (c.step, c.final))
+
+
+def incomplete_checkpoints(output_dir: Path) -> list[Path]:
+    """Folders of interrupted saves (`.step_N.tmp-*`) and step folders without a marker."""
+    out = []
+    for folder in Path(output_dir).iterdir() if Path(output_dir).is_dir() else []:
+        if not folder.is_dir():
+            continue
+        interrupted = folder.name.startswith(".") and ".tmp-" in folder.name
+        unmarked = (_STEP.match(folder.name) or folder.name == "final") and read_marker(folder) is None
+        if interrupted or unmarked:
+            out.append(folder)
+    return sorted(out)
+
+
+def prune(output_dir: Path, keep_last_n: int | None) -> list[Path]:
+    """Delete all but the newest `keep_last_n` complete step checkpoints; return what was deleted.
+
+    Only `step_N` folders that carry tunelib's completion marker are candidates, the newest
+    complete one is always kept, and `final` is never deleted.
+    """
+    if not keep_last_n or keep_last_n < 1:
+        return []
+    steps = [c for c in complete_checkpoints(output_dir) if not c.final and _STEP.match(c.path.name)]
+    doomed = steps[:-keep_last_n]
+    for checkpoint in doomed:
+        shutil.rmtree(checkpoint.path)
+    return [c.path for c in doomed]

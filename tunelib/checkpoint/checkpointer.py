@@ -1,0 +1,176 @@
+"""The checkpointer a fine-tuning config names: HF folder in, HF or PEFT folders out.
+
+    checkpointer:
+      _component_: tunelib.checkpoint.HFCheckpointer
+      checkpoint_dir: ${checkpoint_dir}
+      output_dir: ${output_dir}
+
+Layout of `output_dir` (each checkpoint folder complete or absent, see `atomic`):
+
+    step_100/            every save_every_n_steps; training_state.pt makes it resumable
+    final/               the end of training
+       (full)            config.json, model*.safetensors, tokenizer files: an HF model folder
+       (LoRA/DoRA)       adapter/ (PEFT: adapter_config.json, adapter_model.safetensors)
+                         merged/  (an HF model folder with the adapter merged in)
+    config.yaml, metrics.jsonl
+
+The merged model is a separate folder because transformers applies an adapter it finds
+beside the weights, which would add it twice. Nothing here branches on the model family:
+the family's HF format (fused projections, tied embeddings) comes with the model config.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from tunelib.checkpoint import atomic
+from tunelib.checkpoint.hf_load import load_hf_weights
+from tunelib.checkpoint.hf_save import save_hf_folder
+from tunelib.errors import CheckpointError, ConfigError, TrainingStopped
+
+ADAPTER, MERGED = "adapter", "merged"
+
+
+class HFCheckpointer:
+    """Read the base model from `checkpoint_dir`; write checkpoints into `output_dir`.
+
+    Args:
+        checkpoint_dir: a Hugging Face model folder (config.json, safetensors, tokenizer).
+        output_dir: where checkpoints go; it must not be inside checkpoint_dir.
+        max_shard_size: largest safetensors file written, e.g. "5GB".
+        keep_last_n_checkpoints: keep only the newest N `step_*` folders (None keeps all).
+    """
+
+    def __init__(self, checkpoint_dir: str, output_dir: str, max_shard_size: str | int = "5GB",
+                 keep_last_n_checkpoints: int | None = None):
+        self.checkpoint_dir, self.output_dir = Path(checkpoint_dir), Path(output_dir)
+        self.max_shard_size, self.keep_last_n = max_shard_size, keep_last_n_checkpoints
+        if keep_last_n_checkpoints is not None and keep_last_n_checkpoints < 1:
+            raise ConfigError(f"checkpointer.keep_last_n_checkpoints={keep_last_n_checkpoints}; use 1 or more, or null")
+        if self.output_dir.resolve().is_relative_to(self.checkpoint_dir.resolve()):
+            raise ConfigError(f"output_dir {output_dir} is inside checkpoint_dir {checkpoint_dir}; "
+                              "choose another output_dir so the model you start from is never overwritten")
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def load_model(self, model: torch.nn.Module, *, dtype: torch.dtype, device: torch.device,
+                   resume: atomic.Checkpoint | None = None) -> None:
+        """Stream weights into a meta-built model: the base from checkpoint_dir (NF4 where QLoRA
+        asks for it), or, when resuming full fine-tuning, the checkpoint's own weights.
+
+        Adapters are left on meta for `tunelib.peft.initialize_adapters`; `load_adapter` then
+        puts a resumed run's trained adapter in place.
+        """
+        from tunelib.peft import adapter_params, is_adapter_key, nf4_transform
+
+        folder = resume.path if resume is not None and not adapter_params(model) else self.checkpoint_dir
+        load_hf_weights(model, folder, dtype=dtype, device=device,
+                        transform=nf4_transform(model), ignore_missing=is_adapter_key)
+
+    def load_adapter(self, model: torch.nn.Module, checkpoint: atomic.Checkpoint) -> None:
+        """Put the trained adapter of `checkpoint` into an adapter model (no-op for full fine-tuning)."""
+        from tunelib.peft import adapter_params, load_peft_adapter
+
+        if adapter_params(model):
+            load_peft_adapter(model, checkpoint.path / ADAPTER, fused_projections=self._fused(model))
+
+    def base_model_name(self) -> str:
+        """The Hub id `tune download` recorded, else the folder's absolute path (for adapter_config.json)."""
+        recorded = self.checkpoint_dir / "original_repo_id.json"
+        if recorded.is_file():
+            try:
+                return json.loads(recorded.read_text())["repo_id"]
+            except (ValueError, KeyError):
+                pass
+        return str(self.checkpoint_dir.resolve())
+
+    # -- writing ---------------------------------------------------------------------------
+
+    def save(self, model: torch.nn.Module, *, step: int, final: bool, adapter_only: bool = False,
+             extra: Callable[[Path], None] | None = None) -> Path:
+        """Write a complete checkpoint folder (`final` or `step_<step>`) and return its path.
+
+        `extra(folder)` writes more files into it before it is marked complete (the training
+        state, the config).
+
+        Raises:
+            TrainingStopped: the folder cannot be written (full disk, permissions); the
+                previous checkpoint is untouched.
+        """
+        folder = self.output_dir / ("final" if final else f"step_{step}")
+        try:
+            with atomic.atomic_folder(folder, step=step, is_final=final) as tmp:
+                self._write_model(model, tmp, adapter_only)
+                if extra is not None:
+                    extra(tmp)
+        except OSError as e:
+            previous = atomic.complete_checkpoints(self.output_dir)
+            kept = f"; {previous[-1].path} is intact" if previous else ""
+            raise TrainingStopped(f"cannot write checkpoint {folder}: {e.strerror or e}{kept}") from None
+        if not final:
+            atomic.prune(self.output_dir, self.keep_last_n)
+        return folder
+
+    def _write_model(self, model: torch.nn.Module, folder: Path, adapter_only: bool) -> None:
+        from tunelib.peft import adapter_params, merged_state_dict, save_peft_adapter
+
+        source = self.checkpoint_dir if (self.checkpoint_dir / "config.json").is_file() else None
+        if not adapter_params(model):
+            save_hf_folder(model.state_dict(), folder, source_dir=source, config=model.config,
+                           max_shard_size=self.max_shard_size)
+            return
+        save_peft_adapter(model, folder / ADAPTER, base_model_name_or_path=self.base_model_name(),
+                          fused_projections=self._fused(model))
+        if not adapter_only:
+            weights, updates = merged_state_dict(model)
+            save_hf_folder(weights, folder / MERGED, source_dir=source, config=model.config,
+                           max_shard_size=self.max_shard_size, config_updates=updates)
+
+    @staticmethod
+    def _fused(model: torch.nn.Module):
+        from tunelib.models.registry import format_for
+
+        return format_for(model.config).fused_projections
+
+    # -- resuming --------------------------------------------------------------------------
+
+    def resume_point(self, resume_from_checkpoint: bool | str) -> atomic.Checkpoint | None:
+        """The checkpoint to resume from, or None to start fresh.
+
+        Raises:
+            CheckpointError: a named checkpoint is not complete, or nothing can be resumed.
+            ConfigError: output_dir holds a run but resume_from_checkpoint is False.
+        """
+        if resume_from_checkpoint is False:
+            self._refuse_existing_run()
+            return None
+        for skipped in atomic.incomplete_checkpoints(self.output_dir):
+            print(f"Skipping incomplete checkpoint {skipped} (an interrupted save)", flush=True)
+        if isinstance(resume_from_checkpoint, str):
+            return self._named(Path(resume_from_checkpoint))
+        resumable = [c for c in atomic.complete_checkpoints(self.output_dir)
+                     if (c.path / "training_state.pt").is_file() or c.final]
+        if not resumable:
+            print(f"No complete checkpoint in {self.output_dir} yet: starting from the beginning", flush=True)
+            return None
+        return resumable[-1]
+
+    def _named(self, path: Path) -> atomic.Checkpoint:
+        path = path if path.is_absolute() or path.exists() else self.output_dir / path
+        checkpoint = atomic.read_marker(path)
+        if checkpoint is None:
+            raise CheckpointError(f"{path} is not a complete tunelib checkpoint (no {atomic.MARKER}); "
+                                  "resume from another one, or set resume_from_checkpoint=True for the newest")
+        return checkpoint
+
+    def _refuse_existing_run(self) -> None:
+        found = atomic.complete_checkpoints(self.output_dir)
+        logged = (self.output_dir / "metrics.jsonl").is_file()
+        if found or logged:
+            what = ", ".join([c.path.name for c in found] + (["metrics.jsonl"] if logged else []))
+            raise ConfigError(f"output_dir {self.output_dir} already holds a run ({what}); set "
+                              "resume_from_checkpoint=True to continue it, or choose another output_dir")

@@ -1,0 +1,27 @@
+"""The training loop and its pieces: loss, schedules, loggers, memory, distribution.
+
+Names here are what configs refer to, e.g. `tunelib.training.get_cosine_schedule_with_warmup`.
+"""
+
+from tunelib.training.loggers import JSONLLogger, StdoutLogger, TensorBoardLogger, WandBLogger
+from tunelib.training.loop import Run, TrainState, train
+from tunelib.training.loss import LinearCrossEntropyLoss
+from tunelib.training.schedules import (
+    get_constant_schedule_with_warmup,
+    get_cosine_schedule_with_warmup,
+    get_linear_schedule_with_warmup,
+)
+
+__all__ = [
+    "JSONLLogger",
+    "LinearCrossEntropyLoss",
+    "Run",
+    "StdoutLogger",
+    "TensorBoardLogger",
+    "TrainState",
+    "WandBLogger",
+    "get_constant_schedule_with_warmup",
+    "get_cosine_schedule_with_warmup",
+    "get_linear_schedule_with_warmup",
+    "train",
+]

@@ -1,0 +1,139 @@
+"""Metric loggers: JSONL on disk (the default), stdout, TensorBoard and Weights & Biases.
+
+Each has `log(step, metrics)`, `log_config(config)` and `close()`. Only rank 0 logs.
+TensorBoard and W&B are optional extras (`pip install tunelib[tensorboard]` / `[wandb]`),
+imported when their logger is built.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from tunelib.errors import ConfigError
+
+
+class JSONLLogger:
+    """Append one JSON object per logged step to `log_dir/filename` (`metrics.jsonl`)."""
+
+    def __init__(self, log_dir: str, filename: str = "metrics.jsonl"):
+        self.path = Path(log_dir) / filename
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = None
+
+    def resume(self, step: int) -> None:
+        """Drop lines after `step`: a run resumed from step N logs N+1.. again."""
+        if not self.path.exists():
+            return
+        kept = [line for line in self.path.read_text().splitlines() if line and json.loads(line).get("step", 0) <= step]
+        self.path.write_text("".join(line + "\n" for line in kept))
+
+    def log(self, step: int, metrics: dict[str, Any]) -> None:
+        if self._file is None:
+            self._file = open(self.path, "a")
+        self._file.write(json.dumps({"step": step, **metrics}) + "\n")
+        self._file.flush()
+
+    def log_config(self, config: dict) -> None:
+        pass  # the recipe writes config.yaml beside the metrics
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
+class StdoutLogger:
+    """Print `Step N | loss:1.234 lr:0.0003 ...` for each logged step."""
+
+    def log(self, step: int, metrics: dict[str, Any]) -> None:
+        parts = " ".join(f"{k}:{_fmt(v)}" for k, v in metrics.items())
+        print(f"Step {step} | {parts}", file=sys.stdout, flush=True)
+
+    def log_config(self, config: dict) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class TensorBoardLogger:
+    """Write scalars for TensorBoard into `log_dir` (needs the `tensorboard` extra)."""
+
+    def __init__(self, log_dir: str):
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            raise ConfigError("TensorBoardLogger needs tensorboard: pip install 'tunelib[tensorboard]'") from None
+        self._writer = SummaryWriter(log_dir=log_dir)
+
+    def log(self, step: int, metrics: dict[str, Any]) -> None:
+        for key, value in metrics.items():
+            if isinstance(value, (int, float)):
+                self._writer.add_scalar(key, value, step)
+        self._writer.flush()
+
+    def log_config(self, config: dict) -> None:
+        import yaml
+
+        self._writer.add_text("config", "```\n" + yaml.safe_dump(config, sort_keys=False) + "```")
+
+    def close(self) -> None:
+        self._writer.close()
+
+
+class WandBLogger:
+    """Log to Weights & Biases (needs the `wandb` extra); `mode="offline"` works without network."""
+
+    def __init__(self, project: str = "tunelib", entity: str | None = None, group: str | None = None,
+                 name: str | None = None, log_dir: str | None = None, mode: str | None = None, **kwargs: Any):
+        try:
+            import wandb
+        except ImportError:
+            raise ConfigError("WandBLogger needs wandb: pip install 'tunelib[wandb]'") from None
+        if log_dir:
+            os.makedirs(log_dir, exist_ok=True)
+        self._wandb = wandb
+        self._run = wandb.init(project=project, entity=entity, group=group, name=name, dir=log_dir, mode=mode, **kwargs)
+
+    def log(self, step: int, metrics: dict[str, Any]) -> None:
+        self._run.log(metrics, step=step)
+
+    def log_config(self, config: dict) -> None:
+        self._run.config.update(config, allow_val_change=True)
+
+    def close(self) -> None:
+        self._run.finish()
+
+
+class MetricLoggers:
+    """Several loggers used as one."""
+
+    def __init__(self, loggers: list):
+        self.loggers = loggers
+
+    def resume(self, step: int) -> None:
+        for logger in self.loggers:
+            if hasattr(logger, "resume"):
+                logger.resume(step)
+
+    def log(self, step: int, metrics: dict[str, Any]) -> None:
+        for logger in self.loggers:
+            logger.log(step, metrics)
+
+    def log_config(self, config: dict) -> None:
+        for logger in self.loggers:
+            logger.log_config(config)
+
+    def close(self) -> None:
+        for logger in self.loggers:
+            logger.close()
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)

@@ -1,0 +1,210 @@
+"""The training loop: written once, for every method, on one device or many.
+
+Read `train` top to bottom: batches -> forward and loss -> backward (accumulating over
+micro-batches, normalised by their total token count) -> clip -> non-finite check ->
+optimizer step -> log -> validate -> checkpoint -> stop if asked. Everything it uses is
+assembled by the recipe into a `Run`.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator
+
+import torch
+
+from tunelib.errors import TrainingStopped
+from tunelib.training.distributed import Dist
+from tunelib.training.loss import count_tokens
+from tunelib.training.memory import peak_memory
+from tunelib.training.progress import Progress
+
+
+@dataclass
+class TrainState:
+    """The counters a checkpoint saves; with the optimizer, schedule, RNG and data position they make resume exact."""
+
+    seed: int
+    step: int = 0  # optimizer steps done
+    epoch: int = 0
+    step_in_epoch: int = 0
+    tokens: int = 0  # trained (non-ignored) tokens, all ranks together
+    nonfinite_skips: int = 0  # consecutive skipped steps
+
+
+@dataclass
+class Run:
+    """Everything the loop works with, built by a recipe."""
+
+    model: torch.nn.Module
+    optimizer: Any  # a torch optimizer, or OptimizerInBackward
+    scheduler: Any | None
+    loss_fn: Callable
+    loader: Any  # tunelib.data loader: set_epoch, __iter__, __len__, state_dict
+    val_loader: Any | None
+    save: Callable[["Run", bool], Any]  # save(run, final) writes a checkpoint
+    logger: Any
+    dist: Dist
+    device: torch.device
+    settings: Any  # the checked config (TrainingSettings keys)
+    state: TrainState
+    stop_requested: Callable[[], bool] = lambda: False
+    optimizer_in_bwd: bool = False
+    trainable: list[torch.nn.Parameter] = field(default_factory=list)
+
+    @property
+    def steps_per_epoch(self) -> int:
+        steps = len(self.loader) // self.settings.gradient_accumulation_steps
+        cap = self.settings.max_steps_per_epoch
+        return min(steps, cap) if cap else steps
+
+    @property
+    def total_steps(self) -> int:
+        return self.steps_per_epoch * self.settings.epochs
+
+
+def train(run: Run) -> TrainState:
+    """Train until the configured epochs are done or a stop is requested; return the counters."""
+    s, state, model = run.settings, run.state, run.model
+    progress = Progress(run.total_steps, start=state.step, enabled=run.dist.is_main)
+    window = _Window()
+    model.train()
+    for epoch in range(state.epoch, s.epochs):
+        batches = _epoch_batches(run, epoch)
+        while state.step_in_epoch < run.steps_per_epoch:
+            micro = [next(batches) for _ in range(s.gradient_accumulation_steps)]
+            step_tokens = run.dist.sum(sum(count_tokens(b["labels"]) for b in micro), run.device)
+            step_loss = torch.zeros((), device=run.device)
+            for batch in micro:
+                batch = {k: v.to(run.device, non_blocking=True) for k, v in batch.items()}
+                loss = run.loss_fn(model, batch) / max(step_tokens, 1)
+                loss.backward()
+                step_loss += loss.detach()
+                window.add_tokens(batch)
+            grad_norm = _clip(run)
+            loss_value = run.dist.sum(step_loss.item(), run.device)  # the one host sync per step
+            if not _finite(run, loss_value, grad_norm):
+                continue
+            if not run.optimizer_in_bwd:
+                run.optimizer.step()
+                run.optimizer.zero_grad(set_to_none=True)
+            if run.scheduler is not None:
+                run.scheduler.step()
+            state.step += 1
+            state.step_in_epoch += 1
+            state.tokens += int(step_tokens)
+            if state.step % s.log_every_n_steps == 0 or state.step == run.total_steps:
+                metrics = _metrics(run, loss_value, grad_norm, window)
+                if run.dist.is_main:
+                    run.logger.log(state.step, metrics)
+                progress.update(state.step, metrics)
+            if s.run_val_every_n_steps and run.val_loader is not None and state.step % s.run_val_every_n_steps == 0:
+                _validate(run)
+            if run.stop_requested():
+                progress.close()
+                run.save(run, False)
+                return state
+            if s.save_every_n_steps and state.step % s.save_every_n_steps == 0 and state.step < run.total_steps:
+                run.save(run, False)
+        state.epoch += 1
+        state.step_in_epoch = 0
+    progress.close()
+    if run.val_loader is not None and s.run_val_every_n_steps:
+        _validate(run)
+    run.save(run, True)
+    return state
+
+
+def _epoch_batches(run: Run, epoch: int) -> Iterator[dict[str, torch.Tensor]]:
+    """Batches of `epoch`, starting after those a resumed run already trained on."""
+    run.loader.set_epoch(epoch)
+    batches = iter(run.loader)
+    return batches
+
+
+def _clip(run: Run) -> torch.Tensor | None:
+    """Clip (or only measure) the gradient norm; None when gradients were applied in backward."""
+    if run.optimizer_in_bwd:
+        return None
+    max_norm = run.settings.clip_grad_norm
+    norm = torch.nn.utils.clip_grad_norm_(run.trainable, max_norm if max_norm is not None else float("inf"))
+    return norm.full_tensor() if hasattr(norm, "full_tensor") else norm
+
+
+def _finite(run: Run, loss_value: float, grad_norm: torch.Tensor | None) -> bool:
+    """True to step; False to skip this step; raise to stop. Every rank decides alike."""
+    norm = float("nan") if grad_norm is None else grad_norm.item()
+    bad = run.dist.max(0.0 if (_ok(loss_value) and (grad_norm is None or _ok(norm))) else 1.0, run.device)
+    if bad == 0:
+        run.state.nonfinite_skips = 0
+        return True
+    step = run.state.step + 1
+    what = f"loss {loss_value}" if not _ok(loss_value) else f"gradient norm {norm}"
+    rank = f" (rank {run.dist.rank})" if run.dist.enabled else ""
+    if run.settings.on_nonfinite == "skip" and run.state.nonfinite_skips < run.settings.max_nonfinite_skips:
+        run.state.nonfinite_skips += 1
+        run.optimizer.zero_grad(set_to_none=True)
+        run.state.step_in_epoch += 1  # the batches are consumed; move on to the next ones
+        print(f"Skipping step {step}{rank}: non-finite {what} ({run.state.nonfinite_skips} in a row)", flush=True)
+        return False
+    run.optimizer.zero_grad(set_to_none=True)
+    raise TrainingStopped(
+        f"non-finite {what} at step {step}{rank}; stopped before the optimizer step, so the last checkpoint "
+        f"in {run.settings.output_dir} is intact (lower the lr, set clip_grad_norm, or on_nonfinite=skip)"
+    )
+
+
+def _ok(x: float) -> bool:
+    return x == x and x not in (float("inf"), float("-inf"))
+
+
+class _Window:
+    """Tokens and time since the last log line, for tokens per second."""
+
+    def __init__(self):
+        self.tokens, self.t0 = 0, time.perf_counter()
+
+    def add_tokens(self, batch: dict[str, torch.Tensor]) -> None:
+        self.tokens += int(batch["num_tokens"]) if "num_tokens" in batch else batch["input_ids"].numel()
+
+    def take(self) -> tuple[int, float]:
+        tokens, seconds = self.tokens, time.perf_counter() - self.t0
+        self.tokens, self.t0 = 0, time.perf_counter()
+        return tokens, seconds
+
+
+def _metrics(run: Run, loss_value: float, grad_norm: torch.Tensor | None, window: _Window) -> dict[str, Any]:
+    tokens, seconds = window.take()
+    tokens = run.dist.sum(tokens, run.device)
+    metrics = {
+        "loss": loss_value,
+        "lr": run.optimizer.param_groups[0]["lr"],
+        "tokens_per_second": tokens / max(seconds, 1e-9),
+        "tokens_per_second_per_device": tokens / max(seconds, 1e-9) / run.dist.world_size,
+        "epoch": run.state.epoch,
+        "tokens": run.state.tokens,
+    }
+    if grad_norm is not None:
+        metrics["grad_norm"] = grad_norm.item()
+    if run.settings.log_peak_memory_stats:
+        metrics.update(peak_memory(run.device))
+    return metrics
+
+
+@torch.no_grad()
+def _validate(run: Run) -> float:
+    """Mean validation loss per token, over all ranks; logged as val_loss."""
+    run.model.eval()
+    total, tokens = 0.0, 0
+    run.val_loader.set_epoch(0)
+    for batch in run.val_loader:
+        tokens += count_tokens(batch["labels"])
+        batch = {k: v.to(run.device) for k, v in batch.items()}
+        total += run.loss_fn(run.model, batch).item()
+    run.model.train()
+    val_loss = run.dist.sum(total, run.device) / max(run.dist.sum(tokens, run.device), 1)
+    if run.dist.is_main:
+        run.logger.log(run.state.step, {"val_loss": val_loss})
+        print(f"step {run.state.step}: val_loss={val_loss:.4f}", flush=True)
+    return val_loss

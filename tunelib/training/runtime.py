@@ -1,0 +1,86 @@
+"""Device, precision and random state: the few global facts of a run."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import torch
+
+from tunelib.errors import ConfigError
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+    """Turn the config's `device` into a torch.device (`auto`: this rank's GPU if any, else CPU).
+
+    Raises:
+        ConfigError: CUDA asked for but not available.
+    """
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(name)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError("device is cuda but no CUDA GPU is visible; set device=cpu")
+        if device.index is None:
+            device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    return device
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    """The torch dtype for the config's `dtype`.
+
+    Raises:
+        ConfigError: bf16 on a GPU without bf16 support.
+    """
+    if name not in DTYPES:
+        raise ConfigError(f"dtype must be fp32 or bf16, not {name!r} (fp16 training is not supported)")
+    if name == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise ConfigError("this GPU does not support bf16; set dtype=fp32")
+    return DTYPES[name]
+
+
+def set_seed(seed: int | None) -> int:
+    """Seed Python, NumPy and torch; pick and return a seed when given None."""
+    if seed is None:
+        seed = random.SystemRandom().randrange(2**31)
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    return seed
+
+
+def rng_state() -> dict:
+    """Every random state a run draws from, in a form `torch.load(weights_only=True)` reads."""
+    state = {
+        "python": _python_state(),
+        "numpy": _numpy_state(),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    """Restore what `rng_state` returned."""
+    version, internal, gauss = state["python"]
+    random.setstate((int(version), tuple(int(x) for x in internal.tolist()), None if gauss is None else float(gauss)))
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), int(pos), int(has_gauss), float(cached)))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _python_state():
+    version, internal, gauss = random.getstate()
+    return [version, torch.tensor(internal, dtype=torch.int64), gauss]
+
+
+def _numpy_state():
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    return [name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)]

@@ -1,0 +1,67 @@
+"""The settings every fine-tuning recipe shares: the one typed, documented home of their defaults.
+
+A recipe's `SCHEMA` is `FullSettings`, `LoRASettings` or `AdapterSettings`; config keys
+outside these are refused before anything runs (see docs/configs.md).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from tunelib.config.schema import REQUIRED, Component, component, setting
+
+
+@dataclass(kw_only=True)
+class TrainingSettings:
+    """Keys of a fine-tuning config (torchtune's names, so existing command lines work)."""
+
+    output_dir: str = setting(REQUIRED, "Folder for checkpoints, logs and the final model.")
+    checkpoint_dir: str = setting(REQUIRED, "The Hugging Face model folder to start from (`tune download` writes /tmp/<model name>).")
+    model: Component = component("Model builder, e.g. tunelib.models.llama3_1.llama3_1_8b.", provided=("checkpoint_dir",))
+    tokenizer: Component = component("Tokenizer builder, e.g. tunelib.tokenizers.from_pretrained.")
+    checkpointer: Component | None = component("How weights are read and written (default: tunelib.checkpoint.HFCheckpointer from checkpoint_dir to output_dir).", default=None)
+    resume_from_checkpoint: bool | str = setting(False, "True: continue from the newest complete checkpoint in output_dir; or the path of one.")
+    dataset: Component | list[Component] = component("Training data builder(s); a list is concatenated.", provided=("*1",))
+    dataset_val: Component | list[Component] | None = component("Validation data builder(s); None for no validation.", default=None, provided=("*1",))
+    run_val_every_n_steps: int | None = setting(None, "Compute validation loss every N optimizer steps (and at the end).")
+    batch_size_val: int | None = setting(None, "Validation batch size (default: batch_size).")
+    seed: int | None = setting(None, "Random seed; None picks one and records it, so a resumed run is still exact.")
+    shuffle: bool = setting(True, "Shuffle the training data each epoch.")
+    batch_size: int = setting(2, "Sequences (or packs) per micro-batch on each device.")
+    epochs: int = setting(1, "Passes over the training data.")
+    max_steps_per_epoch: int | None = setting(None, "Stop an epoch after this many optimizer steps.")
+    gradient_accumulation_steps: int = setting(1, "Micro-batches per optimizer step; the loss is normalised by their total token count.")
+    optimizer: Component = component("Optimizer, e.g. torch.optim.AdamW or torchao's low-bit AdamW.", provided=("*1",))
+    lr_scheduler: Component | None = component("Learning-rate schedule, e.g. tunelib.training.get_cosine_schedule_with_warmup.", default=None, provided=("*1", "num_training_steps"))
+    loss: Component | None = component("Loss (default: tunelib.training.LinearCrossEntropyLoss, which never materialises all logits).", default=None)
+    clip_grad_norm: float | None = setting(None, "Clip the gradient norm to this value; None only measures it.")
+    compile: bool = setting(False, "torch.compile each decoder layer and the loss.")
+    device: str = setting("auto", "cuda, cpu, cuda:N or auto (cuda when available).")
+    dtype: Literal["fp32", "bf16"] = setting("bf16", "Precision of weights and compute (fp16 is not supported).")
+    enable_activation_checkpointing: bool = setting(False, "Recompute each decoder layer's activations in backward to save memory.")
+    enable_activation_offloading: bool = setting(False, "Move saved activations to CPU memory (CUDA only; needs activation checkpointing).")
+    metric_logger: Component | list[Component] | None = component("Metric logger(s) (default: JSONL at output_dir/metrics.jsonl).", default=None)
+    log_every_n_steps: int = setting(1, "Log metrics every N optimizer steps.")
+    log_peak_memory_stats: bool = setting(True, "Log peak memory with the metrics.")
+    save_every_n_steps: int | None = setting(None, "Write a checkpoint every N optimizer steps (the final one is always written).")
+    keep_last_n_checkpoints: int | None = setting(None, "Keep only the newest N step checkpoints (never the newest complete one).")
+    on_nonfinite: Literal["raise", "skip"] = setting("raise", "A NaN/inf loss or gradient: stop with a message, or skip the step.")
+    max_nonfinite_skips: int = setting(10, "With on_nonfinite=skip, stop after this many skipped steps in a row.")
+    fsdp_cpu_offload: bool = setting(False, "Distributed: keep parameters and optimizer state in CPU memory.")
+    fsdp_reshard_after_forward: bool = setting(True, "Distributed: free gathered parameters after forward (less memory, more communication).")
+    dist_timeout_seconds: int = setting(600, "Distributed: a rank that waits longer than this for the others ends the job.")
+
+
+@dataclass(kw_only=True)
+class FullSettings(TrainingSettings):
+    """Full fine-tuning: every weight trains."""
+
+    optimizer_in_bwd: bool = setting(False, "Step each parameter as soon as its gradient is ready (saves gradient memory; no accumulation or clipping).")
+
+
+@dataclass(kw_only=True)
+class LoRASettings(TrainingSettings):
+    """LoRA, DoRA and QLoRA: only adapter weights train."""
+
+    save_adapter_weights_only: bool = setting(False, "Write only the PEFT adapter folder, not the merged model.")
