@@ -179,7 +179,7 @@ def _metrics(run: Run, loss_value: float, grad_norm: torch.Tensor | None, window
     tokens = run.dist.sum(tokens, run.device)
     metrics = {
         "loss": loss_value,
-        "lr": run.optimizer.param_groups[0]["lr"],
+        "lr": float(run.optimizer.param_groups[0]["lr"]),  # torchao optimizers keep it as a tensor
         "tokens_per_second": tokens / max(seconds, 1e-9),
         "tokens_per_second_per_device": tokens / max(seconds, 1e-9) / run.dist.world_size,
         "epoch": run.state.epoch,

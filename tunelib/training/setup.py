@@ -302,6 +302,6 @@ def _restore(run: Run, saved: dict, resume: atomic.Checkpoint) -> None:
     runtime.set_rng_state(saved["rng"])
     for key, value in saved["counters"].items():
         setattr(run.state, key, value)
-    lr = run.optimizer.param_groups[0]["lr"]
+    lr = float(run.optimizer.param_groups[0]["lr"])
     print(f"Resuming from {resume.path}: step {run.state.step} of {run.total_steps}, "
           f"epoch {run.state.epoch + 1} of {run.settings.epochs}, lr {lr:.3g}", flush=True)

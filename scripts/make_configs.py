@@ -1,0 +1,197 @@
+"""Write the shipped configs: recipes/configs/<family>/<size>_<method>.yaml.
+
+    python scripts/make_configs.py          # rewrite them
+    python scripts/make_configs.py --check  # exit 1 if any file differs (a test runs this)
+
+One table of models and one template per method, so the configs cannot drift apart: every
+default not written here lives, documented, in the recipe's settings (tunelib/training/settings.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1] / "recipes" / "configs"
+
+
+@dataclass(frozen=True)
+class Family:
+    tokenizer: str  # builder under tunelib.tokenizers
+    tokenizer_path: str  # relative to checkpoint_dir ("" for the folder)
+    sizes: dict[str, tuple[str, str]]  # config size label -> (builder size, Hub repo id)
+
+
+FAMILIES = {
+    "llama2": Family("llama2_tokenizer", "tokenizer.model", {
+        "7B": ("7b", "meta-llama/Llama-2-7b-hf"), "13B": ("13b", "meta-llama/Llama-2-13b-hf"),
+        "70B": ("70b", "meta-llama/Llama-2-70b-hf")}),
+    "llama3": Family("llama3_tokenizer", "original/tokenizer.model", {
+        "8B": ("8b", "meta-llama/Meta-Llama-3-8B-Instruct"), "70B": ("70b", "meta-llama/Meta-Llama-3-70B-Instruct")}),
+    "llama3_1": Family("llama3_tokenizer", "original/tokenizer.model", {
+        "8B": ("8b", "meta-llama/Llama-3.1-8B-Instruct"), "70B": ("70b", "meta-llama/Llama-3.1-70B-Instruct"),
+        "405B": ("405b", "meta-llama/Llama-3.1-405B-Instruct")}),
+    "llama3_2": Family("llama3_tokenizer", "original/tokenizer.model", {
+        "1B": ("1b", "meta-llama/Llama-3.2-1B-Instruct"), "3B": ("3b", "meta-llama/Llama-3.2-3B-Instruct")}),
+    "llama3_3": Family("llama3_tokenizer", "original/tokenizer.model", {
+        "70B": ("70b", "meta-llama/Llama-3.3-70B-Instruct")}),
+    "qwen2": Family("qwen2_tokenizer", "", {
+        "0.5B": ("0_5b", "Qwen/Qwen2-0.5B-Instruct"), "1.5B": ("1_5b", "Qwen/Qwen2-1.5B-Instruct"),
+        "7B": ("7b", "Qwen/Qwen2-7B-Instruct"), "72B": ("72b", "Qwen/Qwen2-72B-Instruct")}),
+    "qwen2_5": Family("qwen2_5_tokenizer", "", {
+        f"{s}B": (s.replace(".", "_").lower() + "b", f"Qwen/Qwen2.5-{s}B-Instruct")
+        for s in ("0.5", "1.5", "3", "7", "14", "32", "72")}),
+    "qwen3": Family("qwen3_tokenizer", "", {
+        f"{s}B": (s.replace(".", "_").lower() + "b", f"Qwen/Qwen3-{s}B")
+        for s in ("0.6", "1.7", "4", "8", "14", "32")}),
+    "mistral": Family("mistral_tokenizer", "tokenizer.model", {
+        "7B": ("7b", "mistralai/Mistral-7B-Instruct-v0.3")}),
+    "gemma": Family("gemma_tokenizer", "tokenizer.model", {
+        "2B": ("2b", "google/gemma-2b-it"), "7B": ("7b", "google/gemma-7b-it")}),
+    "gemma2": Family("gemma_tokenizer", "tokenizer.model", {
+        "2B": ("2b", "google/gemma-2-2b-it"), "9B": ("9b", "google/gemma-2-9b-it"),
+        "27B": ("27b", "google/gemma-2-27b-it")}),
+    "phi3": Family("phi3_mini_tokenizer", "tokenizer.model", {
+        "mini": ("mini", "microsoft/Phi-3-mini-4k-instruct")}),
+    "phi4": Family("phi4_tokenizer", "", {"14B": ("14b", "microsoft/phi-4")}),
+}
+
+# Bytes of GPU memory per parameter, and what the method trains.
+METHODS = {
+    "full": (4.5, "every weight (bf16 weights, 8-bit AdamW states, optimizer-in-backward)"),
+    "lora": (2.0, "LoRA adapters on attention and MLP; bf16 base weights frozen"),
+    "dora": (2.0, "DoRA adapters on attention and MLP; bf16 base weights frozen"),
+    "qlora": (0.6, "LoRA adapters on attention and MLP; base weights frozen in NF4"),
+}
+GPU_GIB, OVERHEAD_GIB = 80, 12
+
+
+def parameter_count(family: str, size: str) -> int:
+    import importlib
+
+    builder = getattr(importlib.import_module(f"tunelib.models.{family}"), f"{family}_{size}")
+    return sum(p.numel() for p in builder().parameters())
+
+
+def gpus_needed(params: int, method: str) -> int:
+    need = params * METHODS[method][0] / 2**30 + OVERHEAD_GIB
+    n = math.ceil(need / (GPU_GIB * 0.9))
+    return 1 << max(0, math.ceil(math.log2(n)))
+
+
+def header(family: str, label: str, method: str, repo: str, folder: str, gpus: int) -> str:
+    recipe = "full_finetune" if method == "full" else "lora_finetune"
+    name = f"{family}/{label}_{method}"
+    lines = [
+        f"# {repo.split('/')[1]}: {METHODS[method][1]}, on the Alpaca dataset.",
+        "#",
+        f"#   tune download {repo} --output-dir {folder} --ignore-patterns \"original/consolidated*\"",
+    ]
+    if gpus == 1:
+        lines.append(f"#   tune run {recipe}_single_device --config {name}")
+        lines.append(f"#   tune run --nproc_per_node 8 {recipe}_distributed --config {name}   # on 8 GPUs")
+    else:
+        where = f"{gpus} GPUs" if gpus <= 8 else f"{gpus // 8} nodes of 8 GPUs (add --nnodes/--rdzv_endpoint)"
+        lines.append(f"#   tune run --nproc_per_node {min(gpus, 8)} {recipe}_distributed --config {name}   # {where}")
+    lines.append("#")
+    lines.append("# Every key not written here has the default documented in tunelib/training/settings.py;")
+    lines.append("# `tune validate` checks a changed copy, `tune cat` shows it with overrides applied.")
+    return "\n".join(lines) + "\n"
+
+
+def body(family: str, label: str, method: str, folder: str) -> str:
+    fam = FAMILIES[family]
+    size, _ = fam.sizes[label]
+    path = "${checkpoint_dir}" + (f"/{fam.tokenizer_path}" if fam.tokenizer_path else "")
+    model = [f"  _component_: tunelib.models.{family}.{family}_{size}"]
+    if method != "full":
+        model += ["  lora_attn_modules: [q_proj, v_proj, o_proj]", "  apply_lora_to_mlp: true",
+                  "  apply_lora_to_output: false", "  lora_rank: 8", "  lora_alpha: 16", "  lora_dropout: 0.0"]
+        if method == "dora":
+            model.append("  use_dora: true")
+        if method == "qlora":
+            model.append("  quantize_base: true")
+    if method == "full":
+        optimizer = ["  _component_: torchao.optim.AdamW8bit", "  lr: 2e-5", "optimizer_in_bwd: true"]
+        schedule, accumulation = [], 1
+    else:
+        optimizer = ["  _component_: torch.optim.AdamW", "  lr: 3e-4", "  weight_decay: 0.01"]
+        schedule = ["lr_scheduler:", "  _component_: tunelib.training.get_cosine_schedule_with_warmup",
+                    "  num_warmup_steps: 100"]
+        accumulation = 8
+    run = f"{family}_{label.replace('.', '_')}".lower()
+    lines = [
+        f"output_dir: /tmp/tunelib/{run}/{method}",
+        f"checkpoint_dir: {folder}",
+        "",
+        "model:", *model,
+        "tokenizer:",
+        f"  _component_: tunelib.tokenizers.{fam.tokenizer}",
+        f"  path: {path}",
+        "  max_seq_len: 2048",
+        "checkpointer:",
+        "  _component_: tunelib.checkpoint.HFCheckpointer",
+        "  checkpoint_dir: ${checkpoint_dir}",
+        "  output_dir: ${output_dir}",
+        "",
+        "dataset:",
+        "  _component_: tunelib.data.alpaca_dataset",
+        "  packed: false",
+        "seed: null",
+        "batch_size: 2",
+        f"gradient_accumulation_steps: {accumulation}",
+        "epochs: 1",
+        "",
+        "optimizer:", *optimizer,
+        *schedule,
+        "",
+        "dtype: bf16",
+        "enable_activation_checkpointing: true",
+        "compile: false",
+        "log_every_n_steps: 1",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def configs() -> dict[Path, str]:
+    """Every shipped config: path -> text."""
+    out = {}
+    for family, fam in FAMILIES.items():
+        for label, (size, repo) in fam.sizes.items():
+            folder = f"/tmp/{repo.split('/')[1]}"
+            if repo.startswith("meta-llama/Llama-3.1-"):
+                folder = f"/tmp/Meta-{repo.split('/')[1]}"  # torchtune's folder name, kept
+            params = parameter_count(family, size)
+            for method in METHODS:
+                text = header(family, label, method, repo, folder, gpus_needed(params, method))
+                out[ROOT / family / f"{label}_{method}.yaml"] = text + "\n" + body(family, label, method, folder)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--check", action="store_true", help="only report configs that differ")
+    args = parser.parse_args(argv)
+    wanted = configs()
+    differ = [p for p, text in wanted.items() if not p.is_file() or p.read_text() != text]
+    stale = [p for m in METHODS for p in ROOT.glob(f"*/*_{m}.yaml") if p not in wanted]
+    if args.check:
+        for path in differ:
+            print(f"out of date: {path.relative_to(ROOT.parent.parent)}")
+        for path in stale:
+            print(f"not generated: {path.relative_to(ROOT.parent.parent)}")
+        return 1 if differ or stale else 0
+    for path in differ:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(wanted[path])
+    for path in stale:
+        path.unlink()
+    print(f"wrote {len(differ)} of {len(wanted)} configs, removed {len(stale)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
