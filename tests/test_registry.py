@@ -48,10 +48,12 @@ def test_every_shipped_config_validates(name, tune):
 def test_shipped_configs_match_their_generator():
     """recipes/configs/*/*_{full,lora,dora,qlora}.yaml are written by scripts/make_configs.py."""
     import importlib.util
+    import sys
     from pathlib import Path
 
     script = Path(__file__).resolve().parents[1] / "scripts/make_configs.py"
     spec = importlib.util.spec_from_file_location("make_configs", script)
     module = importlib.util.module_from_spec(spec)
+    sys.modules["make_configs"] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
     assert module.main(["--check"]) == 0, "run: python scripts/make_configs.py"
