@@ -64,7 +64,10 @@ def _run_distributed(words: list[str]) -> int:
     config, overrides = split_config_arg(list(args.training_script_args))
     config_path = registry.find_config(config).resolve()
     _, schema = recipe_modules.main_and_schema(recipe_modules.load(path))
-    build_config(config_path, overrides, schema)  # fail here, before any process starts
+    cfg = build_config(config_path, overrides, schema)  # fail here, before any process starts
+    if "output_dir" in cfg:
+        # Every rank must write to the same folder, even if its name holds ${now:...}.
+        overrides = [*overrides, f"output_dir={cfg.output_dir}"]
     args.training_script = str(path)
     args.training_script_args = ["--config", str(config_path), *overrides]
     if not args.rdzv_endpoint and str(args.nnodes) == "1":

@@ -7,6 +7,32 @@ from pathlib import Path
 from tunelib.errors import ConfigError
 
 
+def register_resolvers() -> None:
+    """The interpolations tunelib adds to OmegaConf's own.
+
+    ${now:%Y%m%d-%H%M%S}   the time the config is read (Hydra's spelling), for fresh output folders
+    ${tunelib_assets:}     the folder of files shipped with tunelib (the demo's model and data)
+    """
+    from omegaconf import OmegaConf
+
+    # omegaconf 2.4 renamed register_new_resolver; 2.3 has only the old name.
+    register = getattr(OmegaConf, "register_resolver", None) or OmegaConf.register_new_resolver
+    if not OmegaConf.has_resolver("now"):
+        register("now", _now, use_cache=True)
+    if not OmegaConf.has_resolver("tunelib_assets"):
+        register("tunelib_assets", _assets)
+
+
+def _now(fmt: str = "%Y-%m-%d_%H-%M-%S") -> str:
+    import time
+
+    return time.strftime(fmt)
+
+
+def _assets() -> str:
+    return str(Path(__file__).resolve().parents[1] / "assets")
+
+
 def load_yaml(path: str | Path):
     """Load a config file.
 
@@ -19,6 +45,7 @@ def load_yaml(path: str | Path):
     import yaml
     from omegaconf import DictConfig, OmegaConf
 
+    register_resolvers()
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")

@@ -45,6 +45,16 @@ def _find_in_folder(folder: Path) -> Path:
     )
 
 
+def _model_folder_above(p: Path) -> Path | None:
+    """The model folder a missing tokenizer file was named in (`DIR/original/tokenizer.model`
+    from a config of another family), when that folder holds a tokenizer of its own."""
+    for parent in list(p.parents)[:2]:
+        if parent.is_dir() and any((parent / name).is_file() for name in
+                                   ("tokenizer.json", "tokenizer.model", "original/tokenizer.model")):
+            return parent
+    return None
+
+
 def locate(path: str | Path) -> TokenizerFiles:
     """Resolve `path` (a model folder or a file inside one) and read the folder's settings.
 
@@ -53,6 +63,8 @@ def locate(path: str | Path) -> TokenizerFiles:
     Raises DataError when nothing usable is there.
     """
     p = Path(path).expanduser()
+    if not p.exists():
+        p = _model_folder_above(p) or p
     if not p.exists():
         raise DataError(
             f"tokenizer path {p} does not exist; set tokenizer.path to the model folder "
