@@ -6,6 +6,7 @@
     tune validate CONFIG [OVERRIDES]     the checks `tune run` makes, nothing run
     tune run [TORCHRUN-OPTIONS] RECIPE --config CONFIG [OVERRIDES]
     tune download REPO_ID [--output-dir DIR]
+    tune preview CONFIG [OVERRIDES]       the first training samples, trained tokens marked
 
 Bad input prints one line, `tune: error: ...`, and exits with code 2.
 """
@@ -26,9 +27,10 @@ VERBS = {
     "validate": "tunelib.cli.validate",
     "run": "tunelib.cli.run",
     "download": "tunelib.cli.download",
+    "preview": "tunelib.cli.preview",
 }
 
-WORD_VERBS = ("run", "validate", "cat")
+WORD_VERBS = ("run", "validate", "cat", "preview")
 
 
 def build_parser() -> argparse.ArgumentParser:
