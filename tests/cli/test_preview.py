@@ -19,7 +19,7 @@ def test_preview_applies_overrides_and_checks_them(tune):
     assert code == 0, err
     assert "«Below is an instruction" in out  # with train_on_input the prompt trains too
     code, _, err = tune("preview", "demo/tiny_lora", "dataset.train_on_inptu=True")
-    assert code == 2 and "did you mean 'dataset.train_on_input'" in err
+    assert code == 2 and "did you mean 'dataset.train_on_input'" in err and "Traceback" not in err
 
 
 def test_preview_bad_count(tune):

@@ -54,9 +54,33 @@ def load_source(source: str, *, split: str = "train", **load_dataset_kwargs):
         if "split" in str(e).lower():
             raise DataError(f"dataset {name}: {_first_line(e)}; set dataset.split") from None
         raise
+    except TypeError as e:
+        raise _unknown_option(e, load_dataset_kwargs) from None
     if isinstance(ds, (datasets.DatasetDict, datasets.IterableDatasetDict)):
         raise DataError(f"dataset {name} has several splits ({', '.join(ds)}); set dataset.split")
     return ds
+
+
+# Keys a dataset node commonly takes, for "did you mean" when one is misspelled: extra keys of a
+# dataset builder go on to datasets.load_dataset, which only fails there.
+_KNOWN_KEYS = ("source", "data_files", "split", "column_map", "train_on_input", "packed", "new_system_prompt",
+               "conversation_column", "conversation_style", "column", "add_eos", "filter_fn", "weight",
+               "data_dir", "name", "revision", "cache_dir", "num_proc", "field")
+
+
+def _unknown_option(error: TypeError, kwargs: dict) -> Exception:
+    import difflib
+    import re
+
+    from tunelib.errors import ConfigError
+
+    found = re.search(r"unexpected keyword argument '(\w+)'", str(error))
+    if not found or found.group(1) not in kwargs:
+        return error
+    key = found.group(1)
+    close = difflib.get_close_matches(key, _KNOWN_KEYS, n=1)
+    hint = f" (did you mean 'dataset.{close[0]}'?)" if close else ""
+    return ConfigError(f"dataset.{key} is not an option of the dataset builder or of datasets.load_dataset{hint}")
 
 
 def _first_line(error: BaseException) -> str:
