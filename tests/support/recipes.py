@@ -69,9 +69,26 @@ def data_file(root: Path, rows: list[dict] = ROWS) -> Path:
 def finetune(tune, recipe: str, config: str, folder: Path, output_dir: Path, *overrides: str,
              data: Path | None = None) -> Result:
     """`tune run RECIPE --config CONFIG` on `folder`, fp32 on CPU, 4 steps unless overridden."""
+    code, out, err = tune("run", recipe, "--config", config, *words(folder, output_dir, data, overrides))
+    return Result(code, out, err, output_dir)
+
+
+def torchrun_finetune(nproc: int, recipe: str, config: str, folder: Path, output_dir: Path, *overrides: str,
+                      data: Path | None = None, timeout: int = 300) -> Result:
+    """The same through `tune run --nproc_per_node N ...` in a subprocess (gloo on CPU)."""
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "tunelib.cli.main", "run", "--nproc_per_node", str(nproc), recipe,
+           "--config", config, *words(folder, output_dir, data, overrides)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    return Result(proc.returncode, proc.stdout, proc.stderr, output_dir)
+
+
+def words(folder: Path, output_dir: Path, data: Path | None, overrides: tuple[str, ...]) -> list[str]:
+    """The overrides that point a shipped config at a tiny folder (later ones win)."""
     data = data or data_file(output_dir.parent)
-    words = [
-        "run", recipe, "--config", config,
+    return [
         f"checkpoint_dir={folder}", f"output_dir={output_dir}",
         "model._component_=tunelib.models.from_hf_config",
         "tokenizer._component_=tunelib.tokenizers.from_pretrained", "tokenizer.max_seq_len=256",
@@ -79,5 +96,3 @@ def finetune(tune, recipe: str, config: str, folder: Path, output_dir: Path, *ov
         "dtype=fp32", "device=cpu", "seed=0", "batch_size=2", "gradient_accumulation_steps=1",
         "max_steps_per_epoch=4", "enable_activation_checkpointing=False", *overrides,
     ]
-    code, out, err = tune(*words)
-    return Result(code, out, err, output_dir)

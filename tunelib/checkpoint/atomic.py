@@ -3,7 +3,8 @@
 A checkpoint is written into a hidden temporary folder beside its final name; a completion
 marker is written last, everything is flushed to disk, and only then is the folder renamed
 into place. A crash or a kill at any moment leaves either the old state or the new one,
-plus at worst a `.step_N.tmp-*` folder that resume ignores (and says so).
+plus at worst a `.step_N.tmp` folder that resume ignores (and says so) and the next save
+of that step replaces.
 """
 
 from __future__ import annotations
@@ -32,25 +33,48 @@ class Checkpoint:
 
 
 @contextmanager
-def atomic_folder(final: Path, *, step: int, is_final: bool) -> Iterator[Path]:
+def atomic_folder(final: Path, *, step: int, is_final: bool, dist=None) -> Iterator[Path]:
     """Yield an empty temporary folder; on normal exit it becomes `final`, complete.
 
-    If the body raises, the temporary folder is removed and `final` is untouched.
+    If the body raises (on any rank), the temporary folder is removed and `final` is
+    untouched. With `dist` (a `tunelib.training.distributed.Dist`), every rank writes its part
+    into the same folder and rank 0 alone marks and renames it, after all ranks are done.
     """
     final = Path(final)
-    tmp = final.parent / f".{final.name}.tmp-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
+    main = dist is None or dist.is_main
+    tmp = final.parent / f".{final.name}.tmp"
+    if main:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir(parents=True)
+    _barrier(dist)
+    failure: BaseException | None = None
     try:
         yield tmp
+    except BaseException as e:  # noqa: BLE001 - re-raised below, after the peers hear of it
+        failure = e
+    if _any_failed(dist, failure):
+        if main:
+            shutil.rmtree(tmp, ignore_errors=True)
+        if failure is not None:
+            raise failure
+        raise OSError(f"another rank could not write its part of {final}")
+    if main:
         _write_marker(tmp, step, is_final)
         _sync_tree(tmp)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    _swap_into_place(tmp, final)
-    _remove_stale_temporaries(final)
+        _swap_into_place(tmp, final)
+    _barrier(dist)
+
+
+def _barrier(dist) -> None:
+    if dist is not None:
+        dist.barrier()
+
+
+def _any_failed(dist, failure: BaseException | None) -> bool:
+    if dist is None or not dist.enabled:
+        return failure is not None
+    return dist.max(1.0 if failure is not None else 0.0) > 0
 
 
 def _write_marker(folder: Path, step: int, is_final: bool) -> None:
@@ -84,18 +108,15 @@ def _swap_into_place(tmp: Path, final: Path) -> None:
     if final.exists():
         # Re-saving a step (after a resume): move the old one aside first, so a crash between
         # the two renames still leaves one complete copy.
-        old = final.parent / f".{final.name}.old-{os.getpid()}"
+        old = final.parent / f".{final.name}.old"
+        if old.exists():
+            shutil.rmtree(old)
         os.rename(final, old)
         os.rename(tmp, final)
         shutil.rmtree(old)
     else:
         os.rename(tmp, final)
     _fsync_dir(final.parent)
-
-
-def _remove_stale_temporaries(final: Path) -> None:
-    for leftover in final.parent.glob(f".{final.name}.tmp-*"):
-        shutil.rmtree(leftover, ignore_errors=True)
 
 
 def read_marker(folder: Path) -> Checkpoint | None:
@@ -119,12 +140,12 @@ def complete_checkpoints(output_dir: Path) -> list[Checkpoint]:
 
 
 def incomplete_checkpoints(output_dir: Path) -> list[Path]:
-    """Folders of interrupted saves (`.step_N.tmp-*`) and step folders without a marker."""
+    """Folders of interrupted saves (`.step_N.tmp`) and step folders without a marker."""
     out = []
     for folder in Path(output_dir).iterdir() if Path(output_dir).is_dir() else []:
         if not folder.is_dir():
             continue
-        interrupted = folder.name.startswith(".") and ".tmp-" in folder.name
+        interrupted = folder.name.startswith(".") and folder.name.endswith(".tmp")
         unmarked = (_STEP.match(folder.name) or folder.name == "final") and read_marker(folder) is None
         if interrupted or unmarked:
             out.append(folder)

@@ -3,7 +3,9 @@
 `training_state.pt` holds the optimizer and schedule, every random state (Python, NumPy,
 torch, CUDA), the position in the data, the counters, and the settings that must not change
 across a resume. It is read back with `torch.load(weights_only=True)`: plain containers and
-tensors only, never a pickle of arbitrary objects.
+tensors only, never a pickle of arbitrary objects. Under torchrun each rank has its own file,
+and the sharded optimizer state is a torch.distributed.checkpoint folder (`optimizer/`),
+whose metadata is a pickle: resume only from checkpoints you made.
 """
 
 from __future__ import annotations
@@ -36,33 +38,70 @@ def fingerprint(settings: Any, world_size: int) -> dict[str, Any]:
     return out
 
 
-def save(folder: Path, *, counters: Any, optimizer: Any, scheduler: Any, loader: Any, rng: dict,
-         settings_fingerprint: dict) -> None:
-    """Write `training_state.pt` into `folder`."""
+def exists(folder: Path) -> bool:
+    """Whether `folder` holds a training state (one process, or rank 0 of several)."""
+    return (Path(folder) / FILENAME).is_file() or (Path(folder) / _rank_file(0)).is_file()
+
+
+def _rank_file(rank: int) -> str:
+    return f"training_state_rank{rank}.pt"
+
+
+def save(folder: Path, *, counters: Any, model: Any, optimizer: Any, scheduler: Any, loader: Any, rng: dict,
+         settings_fingerprint: dict, dist: Any) -> None:
+    """Write the training state into `folder` (every rank calls it).
+
+    One process writes `training_state.pt`. Under torchrun each rank writes its own
+    `training_state_rank<r>.pt` (random state and data position), and the sharded optimizer
+    state goes through torch.distributed.checkpoint into `optimizer/`.
+    """
     state = {
         "counters": asdict(counters),
-        "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict() if scheduler is not None else None,
         "loader": loader.state_dict(),
         "rng": rng,
         "settings": settings_fingerprint,
     }
-    torch.save(state, Path(folder) / FILENAME)
+    if not dist.enabled:
+        torch.save({**state, "optimizer": optimizer.state_dict()}, Path(folder) / FILENAME)
+        return
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+
+    dcp.save({"optimizer": get_optimizer_state_dict(model, optimizer)}, checkpoint_id=str(Path(folder) / "optimizer"))
+    torch.save(state, Path(folder) / _rank_file(dist.rank))
 
 
-def load(folder: Path) -> dict[str, Any]:
-    """Read a checkpoint's training state (safe loading only).
+def load(folder: Path, rank: int = 0, world_size: int = 1) -> dict[str, Any]:
+    """Read this process's training state from a checkpoint (safe loading only).
 
     Raises:
-        CheckpointError: the file is missing or cannot be read safely.
+        CheckpointError: the file is missing (e.g. saved with another number of processes)
+            or cannot be read safely.
     """
-    path = Path(folder) / FILENAME
+    folder = Path(folder)
+    path = folder / (FILENAME if world_size == 1 else _rank_file(rank))
     if not path.is_file():
-        raise CheckpointError(f"{folder} has no {FILENAME}; it cannot be resumed from (a final checkpoint has none)")
+        other = "one process" if (folder / _rank_file(0)).is_file() is False else "several processes"
+        raise CheckpointError(f"{folder} has no {path.name}; it was saved by {other}, so resume it with the "
+                              "same number of processes (or it is a final checkpoint, which has no training state)")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unpickling failure means an unsafe or broken file
         raise CheckpointError(f"cannot read {path} safely: {str(e).splitlines()[0]}") from None
+
+
+def restore_optimizer(folder: Path, saved: dict, model: Any, optimizer: Any, dist: Any) -> None:
+    """Put the saved optimizer state back (from the file, or from `optimizer/` under torchrun)."""
+    if "optimizer" in saved:
+        optimizer.load_state_dict(saved["optimizer"])
+        return
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict, set_optimizer_state_dict
+
+    state = {"optimizer": get_optimizer_state_dict(model, optimizer)}
+    dcp.load(state, checkpoint_id=str(Path(folder) / "optimizer"))
+    set_optimizer_state_dict(model, optimizer, state["optimizer"])
 
 
 def check_settings(saved: dict[str, Any], current: dict[str, Any], folder: Path) -> None:

@@ -17,11 +17,12 @@ import torch.distributed as dist
 
 @dataclass
 class Dist:
-    """This process's place in the job."""
+    """This process's place in the job, and the device its collectives run on."""
 
     world_size: int = 1
     rank: int = 0
     local_rank: int = 0
+    device: torch.device = torch.device("cpu")
 
     @property
     def is_main(self) -> bool:
@@ -32,39 +33,64 @@ class Dist:
         return self.world_size > 1
 
     @classmethod
-    def from_env(cls, device_type: str, timeout_seconds: int = 600) -> "Dist":
-        """Read torchrun's environment and start the process group when there are peers."""
+    def from_env(cls, device: torch.device, timeout_seconds: int = 600) -> "Dist":
+        """Read torchrun's environment and start the process group when there are peers.
+
+        A collective that waits longer than `timeout_seconds` (a peer died or hangs) raises
+        on every waiting rank, so no rank waits forever.
+        """
         world = int(os.environ.get("WORLD_SIZE", 1))
-        me = cls(world, int(os.environ.get("RANK", 0)), int(os.environ.get("LOCAL_RANK", 0)))
+        me = cls(world, int(os.environ.get("RANK", 0)), int(os.environ.get("LOCAL_RANK", 0)), device)
         if world > 1 and not dist.is_initialized():
-            backend = "nccl" if device_type == "cuda" else "gloo"
+            backend = "nccl" if device.type == "cuda" else "gloo"
             dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_seconds))
         return me
 
-    def sum(self, value: float | int, device: torch.device) -> float:
+    def sum(self, value: float | int) -> float:
         """The sum of a number over all ranks."""
         if not self.enabled:
             return value
-        t = torch.tensor(float(value), dtype=torch.float64, device=device)
+        t = torch.tensor(float(value), dtype=torch.float64, device=self.device)
         dist.all_reduce(t)
         return t.item()
 
-    def max(self, value: float, device: torch.device) -> float:
+    def max(self, value: float) -> float:
         """The largest value of a number over all ranks (a NaN on any rank wins)."""
         if not self.enabled:
             return value
-        t = torch.tensor(float(value), dtype=torch.float64, device=device)
-        nan = torch.isnan(t).to(torch.float64)
-        dist.all_reduce(nan)
-        if nan.item() > 0:
-            return float("nan")
+        t = torch.tensor([float(value != value), float(value)], dtype=torch.float64, device=self.device)
+        t[1] = 0.0 if value != value else t[1]
         dist.all_reduce(t, op=dist.ReduceOp.MAX)
-        return t.item()
+        return float("nan") if t[0].item() > 0 else t[1].item()
 
     def barrier(self) -> None:
         if self.enabled:
             dist.barrier()
 
+    def say(self, message: str) -> None:
+        """Print once for the whole job (from rank 0)."""
+        if self.is_main:
+            print(message, flush=True)
+
     def close(self) -> None:
         if self.enabled and dist.is_initialized():
             dist.destroy_process_group()
+
+
+def full_state_dict(model: torch.nn.Module, me: Dist) -> dict[str, torch.Tensor] | None:
+    """The model's whole state dict in CPU memory on rank 0 (None on the others).
+
+    Each sharded tensor is gathered in turn and copied to the CPU, so rank 0 holds one full
+    copy of the weights beside its shard, never two. Every rank must call this.
+    """
+    out: dict[str, torch.Tensor] = {}
+    seen: dict[int, torch.Tensor] = {}
+    for name, tensor in model.state_dict().items():
+        if id(tensor) in seen:  # tied weights: gather once, keep one tensor under both names
+            out[name] = seen[id(tensor)]
+            continue
+        full = tensor.full_tensor() if hasattr(tensor, "full_tensor") else tensor
+        if me.is_main:
+            out[name] = seen[id(tensor)] = full.detach().to("cpu")  # NF4 tensors take no copy= argument
+        del full
+    return out if me.is_main else None

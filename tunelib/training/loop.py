@@ -74,16 +74,17 @@ def train(run: Run) -> TrainState:
         batches = _epoch_batches(run, epoch)
         while state.step_in_epoch < run.steps_per_epoch:
             micro = [next(batches) for _ in range(s.gradient_accumulation_steps)]
-            step_tokens = run.dist.sum(sum(count_tokens(b["labels"]) for b in micro), run.device)
+            step_tokens = run.dist.sum(sum(count_tokens(b["labels"]) for b in micro))
             step_loss = torch.zeros((), device=run.device)
             for batch in micro:
                 batch = {k: v.to(run.device, non_blocking=True) for k, v in batch.items()}
                 loss = run.loss_fn(model, batch) / max(step_tokens, 1)
-                loss.backward()
+                # FSDP averages gradients over ranks; the loss is already a global mean, so undo it.
+                (loss * run.dist.world_size).backward()
                 step_loss += loss.detach()
                 window.add_tokens(batch)
             grad_norm = _clip(run)
-            loss_value = run.dist.sum(step_loss.item(), run.device)  # the one host sync per step
+            loss_value = run.dist.sum(step_loss.item())  # the one host sync per step
             if not _finite(run, loss_value, grad_norm):
                 continue
             if not run.optimizer_in_bwd:
@@ -135,7 +136,7 @@ def _clip(run: Run) -> torch.Tensor | None:
 def _finite(run: Run, loss_value: float, grad_norm: torch.Tensor | None) -> bool:
     """True to step; False to skip this step; raise to stop. Every rank decides alike."""
     norm = float("nan") if grad_norm is None else grad_norm.item()
-    bad = run.dist.max(0.0 if (_ok(loss_value) and (grad_norm is None or _ok(norm))) else 1.0, run.device)
+    bad = run.dist.max(0.0 if (_ok(loss_value) and (grad_norm is None or _ok(norm))) else 1.0)
     if bad == 0:
         run.state.nonfinite_skips = 0
         return True
@@ -176,7 +177,7 @@ class _Window:
 
 def _metrics(run: Run, loss_value: float, grad_norm: torch.Tensor | None, window: _Window) -> dict[str, Any]:
     tokens, seconds = window.take()
-    tokens = run.dist.sum(tokens, run.device)
+    tokens = run.dist.sum(tokens)
     metrics = {
         "loss": loss_value,
         "lr": float(run.optimizer.param_groups[0]["lr"]),  # torchao optimizers keep it as a tensor
@@ -188,7 +189,7 @@ def _metrics(run: Run, loss_value: float, grad_norm: torch.Tensor | None, window
     if grad_norm is not None:
         metrics["grad_norm"] = grad_norm.item()
     if run.settings.log_peak_memory_stats:
-        metrics.update(peak_memory(run.device))
+        metrics.update({k: run.dist.max(v) for k, v in peak_memory(run.device).items()})  # the fullest device
     return metrics
 
 
@@ -203,7 +204,7 @@ def _validate(run: Run) -> float:
         batch = {k: v.to(run.device) for k, v in batch.items()}
         total += run.loss_fn(run.model, batch).item()
     run.model.train()
-    val_loss = run.dist.sum(total, run.device) / max(run.dist.sum(tokens, run.device), 1)
+    val_loss = run.dist.sum(total) / max(run.dist.sum(tokens), 1)
     if run.dist.is_main:
         run.logger.log(run.state.step, {"val_loss": val_loss})
         print(f"step {run.state.step}: val_loss={val_loss:.4f}", flush=True)

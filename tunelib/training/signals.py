@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import signal
 
-import torch
-
 from tunelib.training.distributed import Dist
 
 
@@ -19,8 +17,8 @@ class StopOnSignal:
 
     SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
-    def __init__(self, dist: Dist, device: torch.device):
-        self.dist, self.device = dist, device
+    def __init__(self, dist: Dist):
+        self.dist = dist
         self.signum: int | None = None
         self._previous = {sig: signal.signal(sig, self._handle) for sig in self.SIGNALS}
 
@@ -33,7 +31,7 @@ class StopOnSignal:
 
     def requested(self) -> bool:
         """True on every rank once any rank got a signal."""
-        return self.dist.max(1.0 if self.signum is not None else 0.0, self.device) > 0
+        return self.dist.max(1.0 if self.signum is not None else 0.0) > 0
 
     @property
     def exit_code(self) -> int:

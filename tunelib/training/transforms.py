@@ -47,7 +47,7 @@ def shard(model: torch.nn.Module, cfg: Any, device: torch.device) -> None:
     Parameters stay in their loaded dtype (bf16 or fp32); gradients are reduced in fp32.
     `fsdp_cpu_offload` keeps parameters, gradients and optimizer state in CPU memory.
     """
-    from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, fully_shard
+    from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, fully_shard, register_fsdp_forward_method
 
     dtype = next(p for p in model.parameters()).dtype
     options = {
@@ -58,4 +58,9 @@ def shard(model: torch.nn.Module, cfg: Any, device: torch.device) -> None:
         options["offload_policy"] = CPUOffloadPolicy()
     for layer in decoder_layers(model):
         fully_shard(layer, **options)
-    fully_shard(model, **options)
+    # The root (embedding, final norm, lm_head) stays gathered from forward to backward: the
+    # loss calls lm_head chunk by chunk, and regathering it per chunk would cost more than it saves.
+    fully_shard(model, **{**options, "reshard_after_forward": False})
+    # The loss calls `hidden` and `logits`, not forward: FSDP must gather around those too.
+    for method in ("hidden", "logits"):
+        register_fsdp_forward_method(model, method)

@@ -1,0 +1,80 @@
+"""Two CPU processes through torchrun (gloo): the same global batch gives the single-device
+losses, resume at two processes is exact, and the outputs load in transformers and PEFT."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from support.models import load_hf_model
+from support.recipes import finetune, tiny_model_folder, torchrun_finetune
+
+pytestmark = [pytest.mark.slow, pytest.mark.distributed]
+LORA = ("lora_finetune_distributed", "llama3_2/1B_lora")
+FAST = ("lr_scheduler.num_warmup_steps=0", "optimizer.lr=3e-3")
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    return tiny_model_folder(tmp_path_factory.mktemp("models"), "llama3_2")  # tied embeddings
+
+
+def close(a: list[float], b: list[float], tol: float = 1e-5) -> bool:
+    return len(a) == len(b) and all(abs(x - y) <= tol for x, y in zip(a, b))
+
+
+def test_lora_on_two_processes_matches_one_and_resumes_exactly(tune, folder, tmp_path):
+    from peft import PeftModel
+
+    one = finetune(tune, "lora_finetune_single_device", LORA[1], folder, tmp_path / "one", *FAST, "batch_size=4")
+    two = torchrun_finetune(2, *LORA, folder, tmp_path / "two", *FAST, "batch_size=2", "save_every_n_steps=2")
+    assert one.code == 0 and two.code == 0, two.err[-3000:]
+    assert close(two.losses, one.losses), (one.losses, two.losses)
+
+    ids = torch.randint(0, 700, (2, 10), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        merged_one = load_hf_model(tmp_path / "one/final/merged")(ids).logits
+        merged_two = load_hf_model(tmp_path / "two/final/merged")(ids).logits
+        peft_two = PeftModel.from_pretrained(load_hf_model(folder), str(tmp_path / "two/final/adapter"))(ids).logits
+    torch.testing.assert_close(merged_two, merged_one, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(peft_two, merged_two, atol=1e-5, rtol=1e-5)
+
+    shutil.copytree(tmp_path / "two/step_2", tmp_path / "cut/step_2")  # as if both ranks died after step 2
+    resumed = torchrun_finetune(2, *LORA, folder, tmp_path / "cut", *FAST, "batch_size=2", "save_every_n_steps=2",
+                                "resume_from_checkpoint=True")
+    assert resumed.code == 0, resumed.err[-3000:]
+    assert "Resuming from" in resumed.out
+    assert [m["step"] for m in resumed.metrics] == [3, 4]
+    assert resumed.losses == two.losses[2:]
+    a = load_file(tmp_path / "two/final/adapter/adapter_model.safetensors")
+    b = load_file(tmp_path / "cut/final/adapter/adapter_model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_full_finetune_on_two_processes_matches_one(tune, tmp_path):
+    folder = tiny_model_folder(tmp_path / "m", "llama3_1")
+    settings = ("optimizer._component_=torch.optim.AdamW", "optimizer.lr=1e-3")
+    one = finetune(tune, "full_finetune_single_device", "llama3_1/8B_full", folder, tmp_path / "one", *settings,
+                   "batch_size=4", "optimizer_in_bwd=False")
+    two = torchrun_finetune(2, "full_finetune_distributed", "llama3_1/8B_full", folder, tmp_path / "two", *settings,
+                            "batch_size=2", "optimizer_in_bwd=True")  # the shipped config's setting, sharded
+    assert one.code == 0 and two.code == 0, two.err[-3000:]
+    assert close(two.losses, one.losses), (one.losses, two.losses)
+    a, b = load_file(tmp_path / "one/final/model.safetensors"), load_file(tmp_path / "two/final/model.safetensors")
+    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-5
+
+
+def test_qlora_nf4_base_under_fsdp2(tune, tmp_path):
+    # NF4 shards its scale groups over the ranks: every weight needs 2 x 16384 elements.
+    folder = tiny_model_folder(tmp_path / "m", "llama3_1", hidden_size=256, intermediate_size=512, num_key_value_heads=4)
+    settings = (*FAST, "gradient_accumulation_steps=1", "enable_activation_checkpointing=True")
+    one = finetune(tune, "lora_finetune_single_device", "llama3_1/8B_qlora", folder, tmp_path / "one", *settings,
+                   "batch_size=4")
+    two = torchrun_finetune(2, "lora_finetune_distributed", "llama3_1/8B_qlora", folder, tmp_path / "two", *settings,
+                            "batch_size=2")
+    assert one.code == 0 and two.code == 0, two.err[-3000:]
+    assert close(two.losses, one.losses, 1e-4), (one.losses, two.losses)
+    assert (tmp_path / "two/final/merged/model.safetensors").is_file()
