@@ -10,7 +10,8 @@ whose metadata is a pickle: resume only from checkpoints you made.
 
 from __future__ import annotations
 
-import warnings
+import os
+import sys
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,7 @@ FILENAME = "training_state.pt"
 # Settings whose change makes the saved data position or schedule meaningless.
 MUST_MATCH = ("batch_size", "gradient_accumulation_steps", "world_size", "dataset")
 # Settings that may change, with a warning: the run continues, but not as it would have.
-MAY_CHANGE = ("epochs", "max_steps_per_epoch", "optimizer", "lr_scheduler", "clip_grad_norm")
+MAY_CHANGE = ("epochs", "max_steps_per_epoch", "optimizer", "lr_scheduler", "clip_grad_norm", "seed")
 
 
 def fingerprint(settings: Any, world_size: int) -> dict[str, Any]:
@@ -117,5 +118,10 @@ def check_settings(saved: dict[str, Any], current: dict[str, Any], folder: Path)
                           "no longer applies; restore the old values or start a new output_dir")
     for key in MAY_CHANGE:
         if key in saved and saved[key] != current.get(key):
-            warnings.warn(f"resuming with {key} changed ({saved[key]!r} -> {current.get(key)!r}); "
-                          "the run will not match an uninterrupted one", stacklevel=2)
+            change = f"{key} changed ({saved[key]!r} -> {current.get(key)!r})"
+            if key == "seed":
+                note = "the checkpoint's seed and random state are kept"
+            else:
+                note = "the run continues, but will not match an uninterrupted one"
+            if int(os.environ.get("RANK", 0)) == 0:
+                print(f"Warning: resuming with {change}: {note}", file=sys.stderr, flush=True)

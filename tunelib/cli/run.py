@@ -77,13 +77,19 @@ def _run_distributed(words: list[str]) -> int:
 
 
 def _torchrun(args) -> int:
+    from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import run
 
     try:
         run(args)
+    except SignalException as e:
+        # torchrun passed SIGTERM/SIGINT on to the ranks, which saved and stopped.
+        print(f"tune: stopped by {e.sigval.name}; the ranks saved a checkpoint to resume from", file=sys.stderr)
+        return 128 + int(e.sigval)
     except ChildFailedError as e:
-        rank, failure = min(e.failures.items())
+        # The first rank to fail is the cause; the others were stopped because of it.
+        rank, failure = min(e.failures.items(), key=lambda item: (item[1].timestamp, item[0]))
         print(f"tune: error: rank {rank} failed with exit code {failure.exitcode}"
               f" (see its output above)", file=sys.stderr)
         return failure.exitcode if failure.exitcode > 0 else 1

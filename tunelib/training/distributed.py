@@ -23,6 +23,7 @@ class Dist:
     rank: int = 0
     local_rank: int = 0
     device: torch.device = torch.device("cpu")
+    watch_group: object = None  # a gloo side channel for finding out which rank stopped answering
 
     @property
     def is_main(self) -> bool:
@@ -44,7 +45,24 @@ class Dist:
         if world > 1 and not dist.is_initialized():
             backend = "nccl" if device.type == "cuda" else "gloo"
             dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_seconds))
+            # After a timeout the main group's connections are closed and NCCL cannot say which
+            # rank is silent; a gloo group of its own can still ask every rank.
+            me.watch_group = dist.new_group(backend="gloo")
         return me
+
+    def silent_ranks(self, seconds: float) -> list[int]:
+        """Ranks that do not reach a barrier within `seconds` (after a collective timed out)."""
+        if not self.enabled:
+            return []
+        try:
+            dist.monitored_barrier(group=self.watch_group, timeout=datetime.timedelta(seconds=seconds),
+                                   wait_all_ranks=True)
+        except RuntimeError as e:
+            import re
+
+            found = re.search(r"[Rr]anks? ([\d, ]+) failed", str(e))
+            return [int(r) for r in found.group(1).replace(" ", "").split(",") if r] if found else []
+        return []
 
     def sum(self, value: float | int) -> float:
         """The sum of a number over all ranks."""
@@ -62,6 +80,15 @@ class Dist:
         t[1] = 0.0 if value != value else t[1]
         dist.all_reduce(t, op=dist.ReduceOp.MAX)
         return float("nan") if t[0].item() > 0 else t[1].item()
+
+    def ranks_where(self, flag: bool) -> list[int]:
+        """The ranks on which `flag` is true (every rank learns the same list)."""
+        if not self.enabled:
+            return [0] if flag else []
+        t = torch.zeros(self.world_size, dtype=torch.float64, device=self.device)
+        t[self.rank] = float(flag)
+        dist.all_reduce(t)
+        return [r for r in range(self.world_size) if t[r].item() > 0]
 
     def barrier(self) -> None:
         if self.enabled:

@@ -65,7 +65,34 @@ class Run:
 
 
 def train(run: Run) -> TrainState:
-    """Train until the configured epochs are done or a stop is requested; return the counters."""
+    """Train until the configured epochs are done or a stop is requested; return the counters.
+
+    Raises:
+        TrainingStopped: a non-finite loss, or peers that stopped answering (the message
+            names them); the last checkpoint is intact.
+    """
+    try:
+        return _train(run)
+    except RuntimeError as e:
+        if run.dist.enabled and _is_timeout(e):
+            raise TrainingStopped(_timeout_message(run)) from None
+        raise
+
+
+def _is_timeout(error: BaseException) -> bool:
+    text = str(error).lower()
+    return "timed out" in text or "timeout" in text or "connection closed by peer" in text
+
+
+def _timeout_message(run: Run) -> str:
+    silent = run.dist.silent_ranks(seconds=5)
+    who = f"rank(s) {', '.join(map(str, silent))}" if silent else "another rank"
+    return (f"rank {run.dist.rank} waited {run.settings.dist_timeout_seconds} s for {who} at step "
+            f"{run.state.step + 1}; it died or hangs (see its output). The last checkpoint in "
+            f"{run.settings.output_dir} is intact; resume with resume_from_checkpoint=True")
+
+
+def _train(run: Run) -> TrainState:
     s, state, model = run.settings, run.state, run.model
     progress = Progress(run.total_steps, start=state.step, enabled=run.dist.is_main)
     window = _Window()
@@ -84,8 +111,9 @@ def train(run: Run) -> TrainState:
                 step_loss += loss.detach()
                 window.add_tokens(batch)
             grad_norm = _clip(run)
-            loss_value = run.dist.sum(step_loss.item())  # the one host sync per step
-            if not _finite(run, loss_value, grad_norm):
+            local_loss = step_loss.item()  # the one host sync per step
+            loss_value = run.dist.sum(local_loss)
+            if not _finite(run, local_loss, loss_value, grad_norm):
                 continue
             if not run.optimizer_in_bwd:
                 run.optimizer.step()
@@ -133,25 +161,24 @@ def _clip(run: Run) -> torch.Tensor | None:
     return norm.full_tensor() if hasattr(norm, "full_tensor") else norm
 
 
-def _finite(run: Run, loss_value: float, grad_norm: torch.Tensor | None) -> bool:
+def _finite(run: Run, local_loss: float, loss_value: float, grad_norm: torch.Tensor | None) -> bool:
     """True to step; False to skip this step; raise to stop. Every rank decides alike."""
-    norm = float("nan") if grad_norm is None else grad_norm.item()
-    bad = run.dist.max(0.0 if (_ok(loss_value) and (grad_norm is None or _ok(norm))) else 1.0)
-    if bad == 0:
+    norm = float("nan") if grad_norm is None else grad_norm.item()  # the same on every rank
+    bad_ranks = run.dist.ranks_where(not _ok(local_loss))  # where it started: gradients mix all ranks
+    if not bad_ranks and _ok(loss_value) and (grad_norm is None or _ok(norm)):
         run.state.nonfinite_skips = 0
         return True
     step = run.state.step + 1
     what = f"loss {loss_value}" if not _ok(loss_value) else f"gradient norm {norm}"
-    rank = f" (rank {run.dist.rank})" if run.dist.enabled else ""
+    where = f" on rank {', '.join(map(str, bad_ranks))}" if run.dist.enabled and bad_ranks else ""
+    run.optimizer.zero_grad(set_to_none=True)
     if run.settings.on_nonfinite == "skip" and run.state.nonfinite_skips < run.settings.max_nonfinite_skips:
         run.state.nonfinite_skips += 1
-        run.optimizer.zero_grad(set_to_none=True)
         run.state.step_in_epoch += 1  # the batches are consumed; move on to the next ones
-        print(f"Skipping step {step}{rank}: non-finite {what} ({run.state.nonfinite_skips} in a row)", flush=True)
+        run.dist.say(f"Skipping step {step}: non-finite {what}{where} ({run.state.nonfinite_skips} in a row)")
         return False
-    run.optimizer.zero_grad(set_to_none=True)
     raise TrainingStopped(
-        f"non-finite {what} at step {step}{rank}; stopped before the optimizer step, so the last checkpoint "
+        f"non-finite {what} at step {step}{where}; stopped before the optimizer step, so the last checkpoint "
         f"in {run.settings.output_dir} is intact (lower the lr, set clip_grad_norm, or on_nonfinite=skip)"
     )
 
