@@ -65,7 +65,11 @@ METHODS = {
     "lora": (2.0, "LoRA adapters on attention and MLP; bf16 base weights frozen"),
     "dora": (2.0, "DoRA adapters on attention and MLP; bf16 base weights frozen"),
     "qlora": (0.6, "LoRA adapters on attention and MLP; base weights frozen in NF4"),
+    "adapter": (2.0, "LLaMA-Adapter v1 (gated prompts in the upper layers); bf16 base weights frozen"),
+    "adapter_v2": (2.0, "LLaMA-Adapter v2 (gated prompts, per-channel scales and biases, norms); bf16 base weights frozen"),
 }
+# The recipe that runs each method's configs.
+RECIPES = {"full": "full_finetune", "adapter": "adapter_finetune", "adapter_v2": "adapter_finetune"}
 GPU_GIB, OVERHEAD_GIB = 80, 12
 
 
@@ -83,7 +87,7 @@ def gpus_needed(params: int, method: str) -> int:
 
 
 def header(family: str, label: str, method: str, repo: str, folder: str, gpus: int) -> str:
-    recipe = "full_finetune" if method == "full" else "lora_finetune"
+    recipe = RECIPES.get(method, "lora_finetune")
     name = f"{family}/{label}_{method}"
     lines = [
         f"# {repo.split('/')[1]}: {METHODS[method][1]}, on the Alpaca dataset.",
@@ -107,7 +111,10 @@ def body(family: str, label: str, method: str, folder: str) -> str:
     size, _ = fam.sizes[label]
     path = "${checkpoint_dir}" + (f"/{fam.tokenizer_path}" if fam.tokenizer_path else "")
     model = [f"  _component_: tunelib.models.{family}.{family}_{size}"]
-    if method != "full":
+    if method.startswith("adapter"):
+        model += [f"  adapter: {'v2' if method == 'adapter_v2' else 'v1'}", "  adapter_prompt_length: 10",
+                  "  adapter_start_layer: 2"]
+    elif method != "full":
         model += ["  lora_attn_modules: [q_proj, v_proj, o_proj]", "  apply_lora_to_mlp: true",
                   "  apply_lora_to_output: false", "  lora_rank: 8", "  lora_alpha: 16", "  lora_dropout: 0.0"]
         if method == "dora":
@@ -117,6 +124,12 @@ def body(family: str, label: str, method: str, folder: str) -> str:
     if method == "full":
         optimizer = ["  _component_: torchao.optim.AdamW8bit", "  lr: 2e-5", "optimizer_in_bwd: true"]
         schedule, accumulation = [], 1
+    elif method.startswith("adapter"):
+        # LitGPT's adapter defaults: torch's AdamW (lr 1e-3, weight decay 0.01), 100 warmup steps, 16 per step.
+        optimizer = ["  _component_: torch.optim.AdamW", "  lr: 1e-3", "  weight_decay: 0.01"]
+        schedule = ["lr_scheduler:", "  _component_: tunelib.training.get_cosine_schedule_with_warmup",
+                    "  num_warmup_steps: 100"]
+        accumulation = 8
     else:
         optimizer = ["  _component_: torch.optim.AdamW", "  lr: 3e-4", "  weight_decay: 0.01"]
         schedule = ["lr_scheduler:", "  _component_: tunelib.training.get_cosine_schedule_with_warmup",
@@ -177,7 +190,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     wanted = configs()
     differ = [p for p, text in wanted.items() if not p.is_file() or p.read_text() != text]
-    stale = [p for m in METHODS for p in ROOT.glob(f"*/*_{m}.yaml") if p not in wanted]
+    stale = [p for family in FAMILIES for m in METHODS for p in (ROOT / family).glob(f"*_{m}.yaml")
+             if p not in wanted]  # only the generated families: demo/ is written by hand
     if args.check:
         for path in differ:
             print(f"out of date: {path.relative_to(ROOT.parent.parent)}")

@@ -12,6 +12,8 @@ Layout of `output_dir` (each checkpoint folder complete or absent, see `atomic`)
        (full)            config.json, model*.safetensors, tokenizer files: an HF model folder
        (LoRA/DoRA)       adapter/ (PEFT: adapter_config.json, adapter_model.safetensors)
                          merged/  (an HF model folder with the adapter merged in)
+       (LLaMA-Adapter)   adapter/ (tunelib_llama_adapter.json + .safetensors), and for v2 with
+                         fold_adapter_v2 merged/ (scales and biases folded; prompts cannot be)
     config.yaml, metrics.jsonl
 
 The merged model is a separate folder because transformers applies an adapter it finds
@@ -22,6 +24,7 @@ the family's HF format (fused projections, tied embeddings) comes with the model
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Callable
 
@@ -73,9 +76,11 @@ class HFCheckpointer:
 
     def load_adapter(self, model: torch.nn.Module, checkpoint: atomic.Checkpoint) -> None:
         """Put the trained adapter of `checkpoint` into an adapter model (no-op for full fine-tuning)."""
-        from tunelib.peft import adapter_params, load_peft_adapter
+        from tunelib.peft import adapter_params, llama_adapter_spec, load_llama_adapter, load_peft_adapter
 
-        if adapter_params(model):
+        if llama_adapter_spec(model) is not None:
+            load_llama_adapter(model, checkpoint.path / ADAPTER)
+        elif adapter_params(model):
             load_peft_adapter(model, checkpoint.path / ADAPTER, fused_projections=self._fused(model))
 
     def base_model_name(self) -> str:
@@ -90,12 +95,13 @@ class HFCheckpointer:
 
     # -- writing ---------------------------------------------------------------------------
 
-    def save(self, model: torch.nn.Module, *, step: int, final: bool, adapter_only: bool = False,
-             extra: Callable[[Path], None] | None = None) -> Path:
+    def save(self, model: torch.nn.Module | None, *, step: int, final: bool, adapter_only: bool = False,
+             extra: Callable[[Path], None] | None = None, dist=None) -> Path:
         """Write a complete checkpoint folder (`final` or `step_<step>`) and return its path.
 
-        `extra(folder)` writes more files into it before it is marked complete (the training
-        state, the config).
+        `model` is written as an HF or PEFT folder (None: this rank writes no weights; under
+        torchrun only rank 0 holds the gathered model). `extra(folder)` writes more files into
+        it, on every rank, before it is marked complete (the training state, the config).
 
         Raises:
             TrainingStopped: the folder cannot be written (full disk, permissions); the
@@ -103,29 +109,34 @@ class HFCheckpointer:
         """
         folder = self.output_dir / ("final" if final else f"step_{step}")
         try:
-            with atomic.atomic_folder(folder, step=step, is_final=final) as tmp:
-                self._write_model(model, tmp, adapter_only)
+            with atomic.atomic_folder(folder, step=step, is_final=final, dist=dist) as tmp:
+                if model is not None:
+                    self._write_model(model, tmp, adapter_only)
                 if extra is not None:
                     extra(tmp)
         except OSError as e:
             previous = atomic.complete_checkpoints(self.output_dir)
             kept = f"; {previous[-1].path} is intact" if previous else ""
             raise TrainingStopped(f"cannot write checkpoint {folder}: {e.strerror or e}{kept}") from None
-        if not final:
+        if not final and (dist is None or dist.is_main):
             atomic.prune(self.output_dir, self.keep_last_n)
         return folder
 
     def _write_model(self, model: torch.nn.Module, folder: Path, adapter_only: bool) -> None:
-        from tunelib.peft import adapter_params, merged_state_dict, save_peft_adapter
+        from tunelib.peft import (adapter_params, llama_adapter_spec, merged_state_dict, save_llama_adapter,
+                                  save_peft_adapter)
 
         source = self.checkpoint_dir if (self.checkpoint_dir / "config.json").is_file() else None
         if not adapter_params(model):
             save_hf_folder(model.state_dict(), folder, source_dir=source, config=model.config,
                            max_shard_size=self.max_shard_size)
             return
-        save_peft_adapter(model, folder / ADAPTER, base_model_name_or_path=self.base_model_name(),
-                          fused_projections=self._fused(model))
-        if not adapter_only:
+        if llama_adapter_spec(model) is not None:  # tunelib's own format: PEFT has none for LLaMA-Adapter
+            save_llama_adapter(model, folder / ADAPTER, base_model_name_or_path=self.base_model_name())
+        else:
+            save_peft_adapter(model, folder / ADAPTER, base_model_name_or_path=self.base_model_name(),
+                              fused_projections=self._fused(model))
+        if not adapter_only:  # LLaMA-Adapter v2: its scales and biases folded, see tunelib.peft.merged_state_dict
             weights, updates = merged_state_dict(model)
             save_hf_folder(weights, folder / MERGED, source_dir=source, config=model.config,
                            max_shard_size=self.max_shard_size, config_updates=updates)
@@ -149,13 +160,15 @@ class HFCheckpointer:
             self._refuse_existing_run()
             return None
         for skipped in atomic.incomplete_checkpoints(self.output_dir):
-            print(f"Skipping incomplete checkpoint {skipped} (an interrupted save)", flush=True)
+            _say(f"Skipping incomplete checkpoint {skipped} (an interrupted save)")
         if isinstance(resume_from_checkpoint, str):
             return self._named(Path(resume_from_checkpoint))
+        from tunelib.checkpoint import training_state
+
         resumable = [c for c in atomic.complete_checkpoints(self.output_dir)
-                     if (c.path / "training_state.pt").is_file() or c.final]
+                     if training_state.exists(c.path) or c.final]
         if not resumable:
-            print(f"No complete checkpoint in {self.output_dir} yet: starting from the beginning", flush=True)
+            _say(f"No complete checkpoint in {self.output_dir} yet: starting from the beginning")
             return None
         return resumable[-1]
 
@@ -174,3 +187,9 @@ class HFCheckpointer:
             what = ", ".join([c.path.name for c in found] + (["metrics.jsonl"] if logged else []))
             raise ConfigError(f"output_dir {self.output_dir} already holds a run ({what}); set "
                               "resume_from_checkpoint=True to continue it, or choose another output_dir")
+
+
+def _say(message: str) -> None:
+    # Under torchrun every rank looks for the resume point; one of them tells the user.
+    if int(os.environ.get("RANK", 0)) == 0:
+        print(message, flush=True)

@@ -84,19 +84,21 @@ def build_mask(q_len: int, k_len: int, *, document_ids: torch.Tensor | None, win
     return allowed
 
 
-def softcapped_attention(q, k, v, mask, *, scale: float, softcap: float) -> torch.Tensor:
+def softcapped_attention(q, k, v, mask, *, scale: float, softcap: float, causal: bool = True) -> torch.Tensor:
     """Attention with scores squashed to (-softcap, softcap) before the softmax (Gemma 2).
 
-    q (B, H, T, D), k and v (B, KV, K, D), mask (B|1, 1, T, K) bool or None (causal).
+    q (B, H, T, D), k and v (B, KV, K, D), mask (B|1, 1, T, K) bool, or None: causal (every
+    key visible when `causal` is False).
     """
     B, H, T, D = q.shape
     kv_heads, K = k.shape[1], k.shape[2]
-    if mask is None:
+    if mask is None and causal:
         mask = torch.ones(T, K, dtype=torch.bool, device=q.device).tril(K - T)[None, None]
     q = q.view(B, kv_heads, H // kv_heads, T, D)  # (B, KV, group, T, D): no copy of k, v per head
     scores = q @ k.unsqueeze(2).transpose(-1, -2) * scale  # (B, KV, group, T, K)
     scores = torch.tanh(scores / softcap) * softcap
-    scores = scores.masked_fill(~mask.unsqueeze(1), float("-inf"))
+    if mask is not None:
+        scores = scores.masked_fill(~mask.unsqueeze(1), float("-inf"))
     probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
     return (probs @ v.unsqueeze(2)).view(B, H, T, D)
 
@@ -131,11 +133,22 @@ class Attention(nn.Module):
         k = rotate(k.transpose(1, 2), inputs.cos, inputs.sin)  # (B, KV, T, D)
         if inputs.cache is not None:
             k, v = inputs.cache.update(self.layer, k, v)  # (B, KV, K, D), K = cached + T
-        mask = inputs.masks[self.window]
-        if self.softcap is not None:
-            out = softcapped_attention(q, k, v, mask, scale=self.scale, softcap=self.softcap)
-        else:
-            causal = mask is None and T > 1
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, scale=self.scale,
-                                                 enable_gqa=q.shape[1] != k.shape[1])
+        out = self.attend(q, k, v, inputs.masks[self.window])  # (B, H, T, D)
         return self.o_proj(out.transpose(1, 2).reshape(B, T, -1))  # (B, T, hidden)
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, *,
+               causal: bool = True) -> torch.Tensor:
+        """This layer's scaled (and soft-capped) attention of rotated queries over keys and values.
+
+        q (B, H, T, D); k, v (B, KV, K, D); mask (B|1, 1, T, K) bool, True = attend, or None:
+        the T queries are the last T of K positions and attend causally (with `causal=False`,
+        every query sees every key). Returns (B, H, T, D), before o_proj.
+
+        `forward` calls it once per layer; a subclass may override it to attend to more keys
+        with the same queries, scale and soft-cap.
+        """
+        if self.softcap is not None:
+            return softcapped_attention(q, k, v, mask, scale=self.scale, softcap=self.softcap, causal=causal)
+        is_causal = causal and mask is None and q.shape[2] > 1  # a single query sees every key anyway
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal, scale=self.scale,
+                                              enable_gqa=q.shape[1] != k.shape[1])

@@ -14,9 +14,13 @@ code itself knows nothing about adapters. A recipe then does, in this order:
     weights, config_updates = merged_state_dict(model)      # plain HF weights
 
 Parameter names stay Hugging Face's, so a PEFT adapter key is `base_model.model.` + ours.
+LLaMA-Adapter v1/v2 (`apply_peft(model, adapter="v1")`) follows the same order but saves with
+`save_llama_adapter` (PEFT has no format for it) and, for v2, folds with `fold_llama_adapter_v2`.
 """
 
 from __future__ import annotations
+
+from typing import Literal
 
 from tunelib.errors import ConfigError
 from tunelib.peft import targets
@@ -57,6 +61,9 @@ def apply_peft(
     use_rslora: bool = False,
     use_dora: bool = False,
     quantize_base: bool = False,
+    adapter: Literal["v1", "v2"] | None = None,
+    adapter_prompt_length: int = 10,
+    adapter_start_layer: int = 2,
 ):
     """Apply the adapter settings of a model config to `model` in place and return it.
 
@@ -70,13 +77,21 @@ def apply_peft(
     - `lora_rank`, `lora_alpha`, `lora_dropout` (on the LoRA input only), `use_rslora`
       (scale alpha/sqrt(rank) instead of alpha/rank), `use_dora` (every target gets DoRA).
     - `quantize_base`: QLoRA; every linear inside the decoder layers holds a frozen NF4 weight.
+    - `adapter`: LLaMA-Adapter "v1" (a gated prompt of `adapter_prompt_length` vectors in
+      every layer from `adapter_start_layer`, counted from 0) or "v2" (v1 plus a scale and a
+      bias on every linear but the embedding, and trainable norms); see `llama_adapter.py`.
+      It replaces LoRA (no lora target may be set) and combines with `quantize_base`.
 
-    With no target and no DoRA/QLoRA the model is returned unchanged (full fine-tuning).
-    Raises ConfigError for an unknown module name, a bad value, DoRA or QLoRA without any
-    target, or a weight NF4 cannot hold (its name and shape are in the message).
+    With no target, no adapter and no DoRA/QLoRA the model is returned unchanged (full
+    fine-tuning). Raises ConfigError for an unknown module name, a bad value, DoRA or QLoRA
+    without any target, LoRA and LLaMA-Adapter together, or a weight NF4 cannot hold (its
+    name and shape are in the message).
     """
     leaves = targets.leaf_targets(lora_attn_modules, apply_lora_to_mlp, apply_lora_to_output,
                                   apply_lora_to_embeddings)
+    if adapter is not None:
+        return _apply_llama_adapter(model, leaves, use_dora, quantize_base,
+                                    checked_spec(adapter, adapter_prompt_length, adapter_start_layer))
     if not leaves:
         for flag, on in (("use_dora", use_dora), ("quantize_base", quantize_base)):
             if on:
@@ -91,6 +106,17 @@ def apply_peft(
     return model
 
 
+def _apply_llama_adapter(model, lora_targets: list[str], use_dora: bool, quantize_base: bool,
+                         spec: LlamaAdapterSpec):
+    if lora_targets or use_dora:
+        raise ConfigError(f"adapter={spec.version} (LLaMA-Adapter) cannot be combined with LoRA/DoRA; remove "
+                          "lora_attn_modules, apply_lora_to_* and use_dora, or set adapter to null")
+    if quantize_base:
+        add_adapters(model, {}, quantize_base=True)  # decoder linears become frozen NF4, as under QLoRA
+    add_llama_adapter(model, spec)
+    return model
+
+
 def _spec(rank, alpha, dropout, use_rslora, use_dora) -> LoraSpec:
     if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
         raise ConfigError(f"lora_rank must be a positive integer, got {rank!r}")
@@ -101,8 +127,30 @@ def _spec(rank, alpha, dropout, use_rslora, use_dora) -> LoraSpec:
     return LoraSpec(rank, float(alpha), float(dropout), bool(use_rslora), bool(use_dora))
 
 
+# Imported last, on purpose: LLaMA-Adapter subclasses tunelib.models' Attention, and importing
+# tunelib.models builds its model builders from apply_peft's signature, which must exist by then.
+from tunelib.peft.llama_adapter import (  # noqa: E402
+    AdapterV2Linear,
+    LlamaAdapterSpec,
+    PromptedAttention,
+    add_llama_adapter,
+    checked_spec,
+    llama_adapter_spec,
+)
+from tunelib.peft.llama_adapter_fold import fold_leaves_out, fold_llama_adapter_v2  # noqa: E402
+from tunelib.peft.llama_adapter_folder import load_llama_adapter, save_llama_adapter  # noqa: E402
+
 __all__ = [
     "PHI3_FUSED_PROJECTIONS",
+    "AdapterV2Linear",
+    "LlamaAdapterSpec",
+    "PromptedAttention",
+    "add_llama_adapter",
+    "fold_leaves_out",
+    "fold_llama_adapter_v2",
+    "llama_adapter_spec",
+    "load_llama_adapter",
+    "save_llama_adapter",
     "LoraWeights",
     "DoRAEmbedding",
     "DoRALinear",

@@ -21,7 +21,15 @@ def merged_state_dict(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict[s
     unless an adapter on one of them made them differ: then every name is written and
     `config_updates` is `{"tie_word_embeddings": False}`, which the caller must write into
     config.json (otherwise transformers would tie lm_head to the merged embedding again).
+
+    A LLaMA-Adapter v2 model is folded by `fold_llama_adapter_v2` (its prompts cannot be);
+    for v1 this raises ValueError, since prompts are all it has.
     """
+    from tunelib.peft.llama_adapter import llama_adapter_spec  # see tunelib/peft/__init__.py on import order
+    from tunelib.peft.llama_adapter_fold import fold_llama_adapter_v2
+
+    if llama_adapter_spec(model) is not None:
+        return fold_llama_adapter_v2(model)
     merged = {f"{name}.weight": module.merged_weight() for name, module in lora_modules(model).items()}
     weights = {
         key: merged[key] if key in merged else nf4.dequantize(value)

@@ -10,8 +10,10 @@ from torch import nn
 from tunelib.peft.dora import DoRAEmbedding, DoRALinear
 from tunelib.peft.lora import LoRAEmbedding, LoRALinear
 
-# The parameter names PEFT gives LoRA and DoRA adapters; a base checkpoint has none of them.
-_ADAPTER_KEY = re.compile(r"(^|\.)(lora_A|lora_B|lora_embedding_A|lora_embedding_B|lora_magnitude_vector)(\.|$)")
+# The parameter names PEFT gives LoRA and DoRA adapters, and those of LLaMA-Adapter
+# (tunelib's own); a base checkpoint has none of them.
+_ADAPTER_KEY = re.compile(r"(^|\.)(lora_A|lora_B|lora_embedding_A|lora_embedding_B|lora_magnitude_vector"
+                          r"|adapter_prompt|adapter_gate|adapter_scale|adapter_bias)(\.|$)")
 
 LORA_MODULES = (LoRALinear, LoRAEmbedding)
 DORA_MODULES = (DoRALinear, DoRAEmbedding)
@@ -20,8 +22,9 @@ DORA_MODULES = (DoRALinear, DoRAEmbedding)
 def is_adapter_key(name: str) -> bool:
     """Whether parameter `name` belongs to an adapter, i.e. a base checkpoint does not have it.
 
-    Pass it as `ignore_missing` to the weight loader. Example: `...q_proj.lora_A.weight` and
-    `...q_proj.lora_magnitude_vector` are adapter keys; `...q_proj.weight` is not.
+    Pass it as `ignore_missing` to the weight loader. Example: `...q_proj.lora_A.weight`,
+    `...q_proj.lora_magnitude_vector` and `...self_attn.adapter_prompt` are adapter keys;
+    `...q_proj.weight` is not.
     """
     return bool(_ADAPTER_KEY.search(name))
 
@@ -40,8 +43,14 @@ def lora_modules(model: nn.Module) -> dict[str, nn.Module]:
 
 
 def adapter_params(model: nn.Module) -> dict[str, nn.Parameter]:
-    """The adapter parameters of `model` by full name (what the optimizer should get)."""
-    return {name: p for name, p in model.named_parameters() if is_adapter_key(name)}
+    """The parameters an adapter method trains, by full name (what the optimizer should get).
+
+    These are the adapter keys, plus, for LLaMA-Adapter v2, the model's norm weights.
+    """
+    from tunelib.peft.llama_adapter import tuned_norm_weights  # see tunelib/peft/__init__.py on import order
+
+    norms = set(tuned_norm_weights(model))
+    return {name: p for name, p in model.named_parameters() if is_adapter_key(name) or name in norms}
 
 
 def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -50,10 +59,11 @@ def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def set_trainable(model: nn.Module) -> int:
-    """Make adapter parameters require grad and freeze all others; return the trainable count."""
+    """Make `adapter_params` require grad and freeze all others; return the trainable count."""
+    trained = adapter_params(model).keys()
     trainable = 0
     for name, p in model.named_parameters():
-        wanted = is_adapter_key(name)
+        wanted = name in trained
         p.requires_grad_(wanted)
         trainable += p.numel() if wanted else 0
     return trainable
@@ -62,6 +72,8 @@ def set_trainable(model: nn.Module) -> int:
 def initialize_adapters(model: nn.Module, device: torch.device | str | None = None,
                         dtype: torch.dtype | None = None) -> None:
     """Give values to every adapter still on the meta device, then to every meta DoRA magnitude.
+
+    LLaMA-Adapter parameters get theirs too (prompts N(0, 1), gates 0, v2 scales 1 and biases 0).
 
     Adapters are drawn in model order on the CPU generator, so the same torch seed gives the
     same adapters on any device: Linear A kaiming-uniform (a=√5) and B zeros; embedding A
@@ -80,6 +92,9 @@ def initialize_adapters(model: nn.Module, device: torch.device | str | None = No
             if module.weight.is_meta:
                 raise RuntimeError(f"load the base weights before initializing DoRA: {name}.weight is on meta")
             module.reset_magnitude()
+    from tunelib.peft.llama_adapter import initialize_llama_adapter
+
+    initialize_llama_adapter(model, device, dtype)
 
 
 def _placement(base: torch.Tensor, adapter: torch.Tensor, device, dtype):

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+# The file that marks a LLaMA-Adapter folder (tunelib.peft.llama_adapter_folder.CONFIG_NAME);
+# written out so that importing this module stays light.
+LLAMA_ADAPTER_CONFIG = "tunelib_llama_adapter.json"
+
 
 def final_message(folder: Path, base_model: str, adapter: bool, merged: bool) -> str:
     """Copy-paste lines to load the output with transformers, PEFT and vLLM."""
@@ -16,6 +20,8 @@ def final_message(folder: Path, base_model: str, adapter: bool, merged: bool) ->
             f"  chat here:    tune run generate --config generation checkpoint_dir={folder} prompt=\"Hello\"",
         ]
         return "\n".join(lines)
+    if (folder / "adapter" / LLAMA_ADAPTER_CONFIG).is_file():
+        return "\n".join(lines + _llama_adapter_lines(folder, base_model, merged))
     lines.append(f"  adapter (PEFT):  {folder / 'adapter'}")
     if merged:
         lines.append(f"  merged model:    {folder / 'merged'}")
@@ -30,3 +36,20 @@ def final_message(folder: Path, base_model: str, adapter: bool, merged: bool) ->
             f"  vLLM (merged): vllm serve {folder / 'merged'}",
         ]
     return "\n".join(lines)
+
+
+def _llama_adapter_lines(folder: Path, base_model: str, merged: bool) -> list[str]:
+    """LLaMA-Adapter: tunelib's own format (PEFT and vLLM cannot load it); a v2 fold loads anywhere."""
+    # tunelib loads from a folder; a recorded Hub id names the folder `tune download` wrote.
+    base = base_model if Path(base_model).is_dir() else f"<your download of {base_model}>"
+    lines = [
+        f"  adapter (tunelib LLaMA-Adapter): {folder / 'adapter'}",
+        "  tunelib: model = tunelib.peft.load_llama_adapter(tunelib.models.from_pretrained(\""
+        + base + "\"), \"" + str(folder / "adapter") + "\")",
+    ]
+    if merged:
+        lines += [
+            f"  merged (v2 scales and biases folded in, prompts left out): {folder / 'merged'}",
+            "  transformers: AutoModelForCausalLM.from_pretrained(\"" + str(folder / "merged") + "\")",
+        ]
+    return lines

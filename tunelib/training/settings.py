@@ -65,3 +65,10 @@ class LoRASettings(TrainingSettings):
     """LoRA, DoRA and QLoRA: only adapter weights train."""
 
     save_adapter_weights_only: bool = setting(False, "Write only the PEFT adapter folder, not the merged model.")
+
+
+@dataclass(kw_only=True)
+class AdapterSettings(TrainingSettings):
+    """LLaMA-Adapter v1 and v2: prompts and gates train (v2 also scales, biases and norms); base weights stay frozen."""
+
+    fold_adapter_v2: bool = setting(False, "v2 only: also write merged/, an HF model folder with the scales and biases folded into the linear weights; prompts cannot be folded and are left out, so it equals the adapter model only without prompts.")

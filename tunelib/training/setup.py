@@ -14,6 +14,7 @@ before the first step:
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -24,7 +25,7 @@ from tunelib.checkpoint import atomic, training_state
 from tunelib.config import instantiate
 from tunelib.errors import ConfigError
 from tunelib.training import runtime
-from tunelib.training.distributed import Dist
+from tunelib.training.distributed import Dist, full_state_dict
 from tunelib.training.loggers import JSONLLogger, MetricLoggers
 from tunelib.training.loop import Run, TrainState
 from tunelib.training.loss import LinearCrossEntropyLoss
@@ -75,11 +76,14 @@ def build_run(cfg, method: Method) -> Built:
     """
     _check_settings(cfg, method)
     device = runtime.resolve_device(cfg.device, _local_rank())
-    dist = Dist.from_env(device.type, cfg.dist_timeout_seconds)
+    dist = Dist.from_env(device, cfg.dist_timeout_seconds)
     dtype = runtime.resolve_dtype(cfg.dtype, device)
     checkpointer = _checkpointer(cfg)
     resume = checkpointer.resume_point(cfg.resume_from_checkpoint)
-    saved = training_state.load(resume.path) if resume is not None and not resume.final else None
+    dist.barrier()  # every rank decided before any writes into output_dir
+    saved = None
+    if resume is not None and not resume.final:
+        saved = training_state.load(resume.path, dist.rank, dist.world_size)
     if resume is not None and resume.final:
         raise ConfigError(f"{resume.path} is the end of a finished run; nothing is left to resume "
                           "(raise epochs and resume from a step_N checkpoint, or choose a new output_dir)")
@@ -89,10 +93,11 @@ def build_run(cfg, method: Method) -> Built:
     model = instantiate(cfg.model, checkpoint_dir=cfg.checkpoint_dir)
     _check_method(model, method)
     checkpointer.load_model(model, dtype=dtype, device=device, resume=resume)
-    trainable = _make_trainable(model, method, device, dtype)
+    dist.say(_make_trainable(model, method, device, dtype))
     if resume is not None:
         checkpointer.load_adapter(model, resume)
     _transform(model, cfg, dist, device)
+    trainable = [p for p in model.parameters() if p.requires_grad]  # after FSDP2 swapped them for shards
 
     loader = _loader(cfg, cfg.dataset, tokenizer, model, dist, seed, cfg.batch_size, shuffle=cfg.shuffle)
     val_loader = None
@@ -102,7 +107,7 @@ def build_run(cfg, method: Method) -> Built:
 
     optimizer = _optimizer(cfg, trainable)
     state = TrainState(seed=seed)
-    stop = StopOnSignal(dist, device)
+    stop = StopOnSignal(dist)
     run = Run(model=model, optimizer=optimizer, scheduler=None, loss_fn=_loss(cfg), loader=loader,
               val_loader=val_loader, save=None, logger=None, dist=dist, device=device, settings=cfg,
               state=state, stop_requested=stop.requested, optimizer_in_bwd=isinstance(optimizer, OptimizerInBackward),
@@ -120,8 +125,6 @@ def build_run(cfg, method: Method) -> Built:
 
 
 def _local_rank() -> int:
-    import os
-
     return int(os.environ.get("LOCAL_RANK", 0))
 
 
@@ -144,7 +147,7 @@ def _check_settings(cfg, method: Method) -> None:
 def _check_output_dir(out: Path) -> None:
     try:
         out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".tunelib_write_test"
+        probe = out / f".tunelib_write_test_{_local_rank()}_{os.getpid()}"
         probe.write_text("ok")
         probe.unlink()
     except OSError as e:
@@ -163,18 +166,24 @@ def _checkpointer(cfg):
 
 
 def _check_method(model: torch.nn.Module, method: Method) -> None:
-    from tunelib.peft import adapter_params
+    from tunelib.peft import adapter_params, llama_adapter_spec
 
     has = bool(adapter_params(model))
     if method == "full" and has:
-        raise ConfigError("the model config asks for adapters (lora_* keys) but this recipe trains every "
-                          "weight; run lora_finetune_single_device, or remove the lora_* keys")
+        raise ConfigError("the model config asks for adapters (lora_* or adapter keys) but this recipe trains every "
+                          "weight; run lora_finetune_single_device or adapter_finetune_single_device, or remove them")
+    if method == "adapter" and llama_adapter_spec(model) is None:
+        raise ConfigError("this recipe trains a LLaMA-Adapter but the model config adds none; set model.adapter=v1 "
+                          "or v2 (LoRA keys belong to lora_finetune_single_device)")
+    if method == "lora" and llama_adapter_spec(model) is not None:
+        raise ConfigError("the model config asks for a LLaMA-Adapter (model.adapter) but this recipe trains LoRA; "
+                          "run adapter_finetune_single_device, or set model.adapter=null")
     if method != "full" and not has:
         raise ConfigError("this recipe trains adapters but the model config adds none; set e.g. "
                           "model.lora_attn_modules=[q_proj,v_proj] (or run full_finetune_single_device)")
 
 
-def _make_trainable(model: torch.nn.Module, method: Method, device, dtype) -> list[torch.nn.Parameter]:
+def _make_trainable(model: torch.nn.Module, method: Method, device, dtype) -> str:
     from tunelib.peft import initialize_adapters, set_trainable
 
     if method == "full":
@@ -186,8 +195,7 @@ def _make_trainable(model: torch.nn.Module, method: Method, device, dtype) -> li
     trainable = [p for p in model.parameters() if p.requires_grad]
     total = sum(p.numel() for p in model.parameters())
     count = sum(p.numel() for p in trainable)
-    print(f"Model: {total / 1e6:,.1f}M parameters, {count / 1e6:,.3f}M trainable ({100 * count / total:.2f}%)", flush=True)
-    return trainable
+    return f"Model: {total / 1e6:,.1f}M parameters, {count / 1e6:,.3f}M trainable ({100 * count / total:.2f}%)"
 
 
 def _transform(model: torch.nn.Module, cfg, dist: Dist, device: torch.device) -> None:
@@ -228,20 +236,29 @@ def _is_list(node) -> bool:
 # -- 6. optimizer, schedule, loss, loggers ------------------------------------------------------
 
 
+def _built(node, key: str, *args, **kwargs):
+    """Build a torch-side component; its own refusal of a value (torch.optim's "Invalid
+    learning rate: -1") becomes a one-line error naming the config key."""
+    try:
+        return instantiate(node, *args, **kwargs)
+    except (ValueError, TypeError) as e:
+        raise ConfigError(f"{key} ({node._component_}) refused its settings: {str(e).splitlines()[0]}") from None
+
+
 def _optimizer(cfg, trainable: list[torch.nn.Parameter]):
     if getattr(cfg, "optimizer_in_bwd", False):
-        return OptimizerInBackward(trainable, lambda params: instantiate(cfg.optimizer, params))
-    return instantiate(cfg.optimizer, trainable)
+        return OptimizerInBackward(trainable, lambda params: _built(cfg.optimizer, "optimizer", params))
+    return _built(cfg.optimizer, "optimizer", trainable)
 
 
 def _scheduler(cfg, optimizer, total_steps: int):
     if cfg.lr_scheduler is None:
         return None
-    return instantiate(cfg.lr_scheduler, optimizer, num_training_steps=total_steps)
+    return _built(cfg.lr_scheduler, "lr_scheduler", optimizer, num_training_steps=total_steps)
 
 
 def _loss(cfg):
-    return LinearCrossEntropyLoss() if cfg.loss is None else instantiate(cfg.loss)
+    return LinearCrossEntropyLoss() if cfg.loss is None else _built(cfg.loss, "loss")
 
 
 def _logger(cfg, dist: Dist, resumed_step: int | None) -> MetricLoggers:
@@ -276,26 +293,47 @@ def _saver(cfg, checkpointer, method: Method):
     from omegaconf import OmegaConf
 
     adapter_only = bool(getattr(cfg, "save_adapter_weights_only", False))
+    if method == "adapter":  # LLaMA-Adapter writes a merged folder only when v2 is to be folded
+        adapter_only = not cfg.fold_adapter_v2
 
     def save(run: Run, final: bool) -> Path:
         def extra(folder: Path) -> None:
-            (folder / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
+            if run.dist.is_main:
+                (folder / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
             if not final:
-                training_state.save(folder, counters=run.state, optimizer=run.optimizer, scheduler=run.scheduler,
-                                    loader=run.loader, rng=runtime.rng_state(),
-                                    settings_fingerprint=training_state.fingerprint(cfg, run.dist.world_size))
+                training_state.save(folder, counters=run.state, model=run.model, optimizer=run.optimizer,
+                                    scheduler=run.scheduler, loader=run.loader, rng=runtime.rng_state(),
+                                    settings_fingerprint=training_state.fingerprint(cfg, run.dist.world_size),
+                                    dist=run.dist)
 
-        folder = checkpointer.save(run.model, step=run.state.step, final=final, adapter_only=adapter_only, extra=extra)
-        print(f"Saved {'final model' if final else 'checkpoint'} to {folder}", flush=True)
+        model = _gathered(cfg, run) if run.dist.enabled else run.model
+        folder = checkpointer.save(model, step=run.state.step, final=final, adapter_only=adapter_only,
+                                   extra=extra, dist=run.dist)
+        run.dist.say(f"Saved {'final model' if final else 'checkpoint'} to {folder}")
         return folder
 
     return save
 
 
+def _gathered(cfg, run: Run) -> torch.nn.Module | None:
+    """On rank 0, a CPU copy of the sharded model to write out (None elsewhere).
+
+    The copy is built on meta and takes the gathered tensors as they are (assign=True), so
+    rank 0 holds the weights once beside its shard, not twice.
+    """
+    state = full_state_dict(run.model, run.dist)
+    if state is None:
+        return None
+    model = instantiate(cfg.model, checkpoint_dir=cfg.checkpoint_dir)
+    # Tied weights arrive as one tensor under both names, so they stay one storage here.
+    model.load_state_dict(state, strict=True, assign=True)
+    return model
+
+
 def _restore(run: Run, saved: dict, resume: atomic.Checkpoint) -> None:
     training_state.check_settings(saved["settings"], training_state.fingerprint(run.settings, run.dist.world_size),
                                   resume.path)
-    run.optimizer.load_state_dict(saved["optimizer"])
+    training_state.restore_optimizer(resume.path, saved, run.model, run.optimizer, run.dist)
     if run.scheduler is not None and saved["scheduler"] is not None:
         run.scheduler.load_state_dict(saved["scheduler"])
     run.loader.load_state_dict(saved["loader"])
@@ -303,5 +341,5 @@ def _restore(run: Run, saved: dict, resume: atomic.Checkpoint) -> None:
     for key, value in saved["counters"].items():
         setattr(run.state, key, value)
     lr = float(run.optimizer.param_groups[0]["lr"])
-    print(f"Resuming from {resume.path}: step {run.state.step} of {run.total_steps}, "
-          f"epoch {run.state.epoch + 1} of {run.settings.epochs}, lr {lr:.3g}", flush=True)
+    run.dist.say(f"Resuming from {resume.path}: step {run.state.step} of {run.total_steps}, "
+                 f"epoch {run.state.epoch + 1} of {run.settings.epochs}, lr {lr:.3g}")
