@@ -14,6 +14,7 @@ from typing import Callable, Iterator
 import torch
 from torch import nn
 
+from tunelib.checkpoint.safe_load import load_weights_only
 from tunelib.errors import CheckpointError
 from tunelib.models.registry import format_for
 
@@ -52,16 +53,17 @@ def weight_files(folder: Path) -> list[Path]:
 def read_tensors(path: Path) -> Iterator[tuple[str, torch.Tensor]]:
     """(key, tensor) pairs of one weight file, one tensor in memory at a time where the format allows."""
     if path.suffix == ".safetensors":
-        from safetensors import safe_open
+        from safetensors import SafetensorError, safe_open
 
-        with safe_open(str(path), framework="pt", device="cpu") as f:
-            for key in f.keys():
-                yield key, f.get_tensor(key)
+        try:
+            with safe_open(str(path), framework="pt", device="cpu") as f:
+                for key in f.keys():
+                    yield key, f.get_tensor(key)
+        except SafetensorError as e:  # a truncated download or a file that is not safetensors
+            raise CheckpointError(f"cannot read {path}: {str(e).splitlines()[0]}; the file is damaged "
+                                  "or incomplete (download it again)") from None
         return
-    try:  # mmap pages tensors in on use instead of reading the whole file first
-        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except RuntimeError:  # files from torch < 1.6 are not zip archives and cannot be mapped
-        state = torch.load(path, map_location="cpu", weights_only=True)
+    state = load_weights_only(path, mmap=True)  # mmap pages tensors in on use
     if not isinstance(state, dict):
         raise CheckpointError(f"{path} does not hold a state dict of tensors")
     for key in list(state):

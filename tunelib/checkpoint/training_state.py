@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from tunelib.checkpoint.safe_load import load_weights_only
 from tunelib.errors import CheckpointError, ConfigError
 
 FILENAME = "training_state.pt"
@@ -86,10 +87,7 @@ def load(folder: Path, rank: int = 0, world_size: int = 1) -> dict[str, Any]:
         other = "one process" if (folder / _rank_file(0)).is_file() is False else "several processes"
         raise CheckpointError(f"{folder} has no {path.name}; it was saved by {other}, so resume it with the "
                               "same number of processes (or it is a final checkpoint, which has no training state)")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any unpickling failure means an unsafe or broken file
-        raise CheckpointError(f"cannot read {path} safely: {str(e).splitlines()[0]}") from None
+    return load_weights_only(path)
 
 
 def restore_optimizer(folder: Path, saved: dict, model: Any, optimizer: Any, dist: Any) -> None:

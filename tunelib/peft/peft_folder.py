@@ -270,7 +270,10 @@ def _read_weights(adapter_dir) -> dict[str, torch.Tensor]:
         return load_file(folder / WEIGHTS_NAME)
     if (folder / LEGACY_WEIGHTS_NAME).is_file():
         # Old PEFT folders; weights_only refuses anything but tensors, so no code is run.
-        return torch.load(folder / LEGACY_WEIGHTS_NAME, map_location="cpu", weights_only=True)
+        # Imported here: tunelib.checkpoint imports tunelib.models, which imports this package.
+        from tunelib.checkpoint.safe_load import load_weights_only
+
+        return load_weights_only(folder / LEGACY_WEIGHTS_NAME)
     raise CheckpointError(f"{adapter_dir}: no {WEIGHTS_NAME} (or {LEGACY_WEIGHTS_NAME}) next to {CONFIG_NAME}")
 
 
