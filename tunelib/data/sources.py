@@ -50,7 +50,12 @@ def load_source(source: str, *, split: str = "train", **load_dataset_kwargs):
     except datasets.exceptions.DatasetGenerationError as e:
         cause = e.__cause__ or e
         raise DataError(f"dataset {name} could not be read: {_first_line(cause)}; fix the file") from None
+    except StopIteration:
+        # datasets reads a local file's first block to learn its columns; an empty file has none.
+        raise DataError(f"dataset {name} is empty: it has no rows; check dataset.data_files") from None
     except ValueError as e:
+        if "corresponds to no data" in str(e):  # a file with a header or `[]` but no rows
+            raise DataError(f"dataset {name} is empty: it has no rows; check dataset.data_files") from None
         if "split" in str(e).lower():
             raise DataError(f"dataset {name}: {_first_line(e)}; set dataset.split") from None
         raise
