@@ -52,6 +52,13 @@ class HFCheckpointer:
                  keep_last_n_checkpoints: int | None = None):
         self.checkpoint_dir, self.output_dir = Path(checkpoint_dir), Path(output_dir)
         self.max_shard_size, self.keep_last_n = max_shard_size, keep_last_n_checkpoints
+        if not self.checkpoint_dir.is_dir():
+            # Checked first: the tokenizer path and model config derive from it, and their own
+            # "does not exist" would not say which setting is wrong.
+            what = "is not a folder" if self.checkpoint_dir.exists() else "does not exist"
+            raise CheckpointError(f"checkpoint_dir {checkpoint_dir} {what}; download the model into it with "
+                                  f"`tune download REPO_ID --output-dir {checkpoint_dir}`, or set checkpoint_dir "
+                                  "to the model's folder")
         if keep_last_n_checkpoints is not None and keep_last_n_checkpoints < 1:
             raise ConfigError(f"checkpointer.keep_last_n_checkpoints={keep_last_n_checkpoints}; use 1 or more, or null")
         if self.output_dir.resolve().is_relative_to(self.checkpoint_dir.resolve()):
@@ -174,6 +181,9 @@ class HFCheckpointer:
 
     def _named(self, path: Path) -> atomic.Checkpoint:
         path = path if path.is_absolute() or path.exists() else self.output_dir / path
+        if not path.is_dir():
+            raise CheckpointError(f"resume_from_checkpoint {path} does not exist; name a step_N folder of "
+                                  "output_dir, or set resume_from_checkpoint=True for the newest complete one")
         checkpoint = atomic.read_marker(path)
         if checkpoint is None:
             raise CheckpointError(f"{path} is not a complete tunelib checkpoint (no {atomic.MARKER}); "

@@ -74,11 +74,15 @@ def build_run(cfg, method: Method) -> Built:
     Raises:
         ConfigError, DataError, CheckpointError: bad input, before any step runs.
     """
-    _check_settings(cfg, method)
+    # Rules between settings (batch_size >= 1, optimizer_in_bwd without accumulation) were
+    # checked with the config, by the recipe schema's `value_problems`, so `tune validate` sees them too.
+    # The checkpointer checks both folders (output_dir must not be inside checkpoint_dir)
+    # before output_dir is created, so a refused run leaves nothing behind.
+    checkpointer = _checkpointer(cfg)
+    _check_output_dir(Path(cfg.output_dir))
     device = runtime.resolve_device(cfg.device, _local_rank())
     dist = Dist.from_env(device, cfg.dist_timeout_seconds)
     dtype = runtime.resolve_dtype(cfg.dtype, device)
-    checkpointer = _checkpointer(cfg)
     resume = checkpointer.resume_point(cfg.resume_from_checkpoint)
     dist.barrier()  # every rank decided before any writes into output_dir
     saved = None
@@ -126,22 +130,6 @@ def build_run(cfg, method: Method) -> Built:
 
 def _local_rank() -> int:
     return int(os.environ.get("LOCAL_RANK", 0))
-
-
-def _check_settings(cfg, method: Method) -> None:
-    positive = ("batch_size", "epochs", "gradient_accumulation_steps", "log_every_n_steps")
-    for key in positive:
-        if getattr(cfg, key) < 1:
-            raise ConfigError(f"{key}={getattr(cfg, key)}; it must be 1 or more")
-    for key in ("max_steps_per_epoch", "save_every_n_steps", "run_val_every_n_steps", "batch_size_val"):
-        if getattr(cfg, key) is not None and getattr(cfg, key) < 1:
-            raise ConfigError(f"{key}={getattr(cfg, key)}; it must be 1 or more, or null")
-    if cfg.clip_grad_norm is not None and cfg.clip_grad_norm <= 0:
-        raise ConfigError(f"clip_grad_norm={cfg.clip_grad_norm}; use a positive number, or null")
-    if getattr(cfg, "optimizer_in_bwd", False) and (cfg.gradient_accumulation_steps > 1 or cfg.clip_grad_norm):
-        raise ConfigError("optimizer_in_bwd steps each weight inside backward, so it cannot accumulate "
-                          "gradients or clip them; set gradient_accumulation_steps=1 and clip_grad_norm=null")
-    _check_output_dir(Path(cfg.output_dir))
 
 
 def _check_output_dir(out: Path) -> None:
