@@ -38,6 +38,9 @@ def check(cfg: dict, schema: type | None) -> None:
         problems += _check_field(cfg[name], info)
     if schema is None:
         problems += _check_any_components(cfg, "")
+    elif not problems and hasattr(schema, "value_problems"):
+        # Only once every type is right: a schema's rules compare values (batch_size >= 1).
+        problems += schema.value_problems(cfg)
     if problems:
         head = "config is not valid: " if len(problems) == 1 else f"config has {len(problems)} problems: "
         raise ConfigError(head + "; ".join(problems))

@@ -52,12 +52,36 @@ class TrainingSettings:
     fsdp_reshard_after_forward: bool = setting(True, "Distributed: free gathered parameters after forward (less memory, more communication).")
     dist_timeout_seconds: int = setting(600, "Distributed: a rank that waits longer than this for the others ends the job.")
 
+    @classmethod
+    def value_problems(cls, cfg: dict) -> list[str]:
+        """Rules on values that types cannot say. The config checks call this (after the types
+        passed), so `tune validate` refuses what `tune run` would."""
+        problems = []
+        for key in ("batch_size", "epochs", "gradient_accumulation_steps", "log_every_n_steps"):
+            if cfg.get(key) is not None and cfg[key] < 1:
+                problems.append(f"{key}={cfg[key]}; it must be 1 or more")
+        for key in ("max_steps_per_epoch", "save_every_n_steps", "run_val_every_n_steps", "batch_size_val"):
+            if cfg.get(key) is not None and cfg[key] < 1:
+                problems.append(f"{key}={cfg[key]}; it must be 1 or more, or null")
+        if cfg.get("clip_grad_norm") is not None and cfg["clip_grad_norm"] <= 0:
+            problems.append(f"clip_grad_norm={cfg['clip_grad_norm']}; use a positive number, or null")
+        return problems
+
 
 @dataclass(kw_only=True)
 class FullSettings(TrainingSettings):
     """Full fine-tuning: every weight trains."""
 
     optimizer_in_bwd: bool = setting(False, "Step each parameter as soon as its gradient is ready (saves gradient memory; no accumulation or clipping).")
+
+    @classmethod
+    def value_problems(cls, cfg: dict) -> list[str]:
+        problems = super().value_problems(cfg)
+        accumulates = (cfg.get("gradient_accumulation_steps") or 1) > 1
+        if cfg.get("optimizer_in_bwd") and (accumulates or cfg.get("clip_grad_norm")):
+            problems.append("optimizer_in_bwd steps each weight inside backward, so it cannot accumulate gradients "
+                            "or clip them; set gradient_accumulation_steps=1 and clip_grad_norm=null")
+        return problems
 
 
 @dataclass(kw_only=True)
