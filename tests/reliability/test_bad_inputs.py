@@ -291,7 +291,8 @@ CASES = [
          prepare=_copy_run(), needs_run=True),
     Case("full_disk_at_a_save",
          lambda e: e.train(LORA, *RUN, "resume_from_checkpoint=True"),
-         ("cannot write checkpoint", "step_4: No space left on device", "step_2 is intact"), code=1,
+         ("cannot write checkpoint", "step_4: No space left on device", "step_2 is intact",
+          "resume_from_checkpoint=True"), code=1,
          prepare=_copy_run(drop=("step_4", "final")), needs_run=True, trains=True, patch=_full_disk,
          after=_resumes_from_step_2),
     # -- data -------------------------------------------------------------------------------

@@ -60,7 +60,7 @@ class HFCheckpointer:
                                   f"`tune download REPO_ID --output-dir {checkpoint_dir}`, or set checkpoint_dir "
                                   "to the model's folder")
         if keep_last_n_checkpoints is not None and keep_last_n_checkpoints < 1:
-            raise ConfigError(f"checkpointer.keep_last_n_checkpoints={keep_last_n_checkpoints}; use 1 or more, or null")
+            raise ConfigError(f"keep_last_n_checkpoints={keep_last_n_checkpoints}; use 1 or more, or null")
         if self.output_dir.resolve().is_relative_to(self.checkpoint_dir.resolve()):
             raise ConfigError(f"output_dir {output_dir} is inside checkpoint_dir {checkpoint_dir}; "
                               "choose another output_dir so the model you start from is never overwritten")
@@ -123,7 +123,8 @@ class HFCheckpointer:
                     extra(tmp)
         except OSError as e:
             previous = atomic.complete_checkpoints(self.output_dir)
-            kept = f"; {previous[-1].path} is intact" if previous else ""
+            kept = (f"; {previous[-1].path} is intact: fix the cause (free space, permissions), then rerun with "
+                    "resume_from_checkpoint=True" if previous else "")
             raise TrainingStopped(f"cannot write checkpoint {folder}: {e.strerror or e}{kept}") from None
         if not final and (dist is None or dist.is_main):
             atomic.prune(self.output_dir, self.keep_last_n)
