@@ -132,9 +132,13 @@ class Loader:
             self._epoch, self._done = self._epoch + 1, 0  # the last epoch is over: next one
         self._resumed = False
         sampler = _Batches(self, self.epoch_order(self._epoch), self._done)
+        # DataLoader draws its workers' base seed from the generator it is given, or else from
+        # torch's global one. Its own generator keeps the global random state (dropout's) the
+        # same whether an epoch starts here or a resumed run re-enters it halfway.
+        generator = torch.Generator().manual_seed(hash((self.seed, self._epoch, self.rank)) % 2**62)
         batches = torch.utils.data.DataLoader(
             self.dataset, batch_sampler=sampler, collate_fn=self._collate,
-            num_workers=self.num_workers, pin_memory=self.pin_memory,
+            num_workers=self.num_workers, pin_memory=self.pin_memory, generator=generator,
         )
         for batch in batches:
             self._done += 1

@@ -145,9 +145,12 @@ def _check_output_dir(out: Path) -> None:
 def _checkpointer(cfg):
     from tunelib.checkpoint.checkpointer import HFCheckpointer
 
+    keep = {} if cfg.keep_last_n_checkpoints is None else {"keep_last_n_checkpoints": cfg.keep_last_n_checkpoints}
     if cfg.checkpointer is None:
-        return HFCheckpointer(cfg.checkpoint_dir, cfg.output_dir)
-    return instantiate(cfg.checkpointer)
+        return HFCheckpointer(cfg.checkpoint_dir, cfg.output_dir, **keep)
+    if "keep_last_n_checkpoints" in cfg.checkpointer:  # the component's own setting wins
+        keep = {}
+    return instantiate(cfg.checkpointer, **keep)
 
 
 # -- 2-4. the model -------------------------------------------------------------------------
