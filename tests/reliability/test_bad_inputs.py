@@ -17,6 +17,7 @@ import errno
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -412,3 +413,10 @@ def test_bad_input_gets_one_line_the_right_code_and_keeps_earlier_files(case, in
 def test_the_catalogue_is_large_and_each_case_named_once():
     ids = [c.id for c in CASES]
     assert len(ids) == len(set(ids)) and len(ids) >= 32
+
+
+def test_docs_troubleshooting_explains_every_case():
+    # Each message there is tagged with the ids of its cases, e.g. "[empty_dataset]".
+    page = (REPO / "docs/troubleshooting.md").read_text(encoding="utf-8")
+    tagged = {name.strip() for tags in re.findall(r"\[([a-z0-9_, ]+)\]", page) for name in tags.split(",")}
+    assert not [c.id for c in CASES if c.id not in tagged], "cases missing from docs/troubleshooting.md"
