@@ -53,6 +53,16 @@ def test_nan_loss_can_be_skipped_up_to_a_limit(tune, folder, tmp_path, allow_sup
     assert limited.code == 1 and "non-finite loss nan at step 2" in limited.err
 
 
+def test_an_infinite_gradient_norm_stops_before_the_step(tune, folder, tmp_path, allow_support):
+    result = finetune(tune, *LORA, folder, tmp_path / "out", *FAST, "save_every_n_steps=1",
+                      "loss={_component_: support.faults.InfGradLoss, at_call: 2}")
+    assert result.code == 1
+    assert "non-finite gradient norm" in result.err and "at step 2; stopped before the optimizer step" in result.err
+    assert "Traceback" not in result.err
+    assert (tmp_path / "out/step_1/tunelib_complete.json").is_file() and not (tmp_path / "out/step_2").exists()
+    assert all(m["loss"] == m["loss"] for m in result.metrics)  # the loss itself stayed finite
+
+
 @pytest.mark.slow
 @pytest.mark.distributed
 def test_nan_on_one_rank_stops_every_rank_and_names_it(folder, tmp_path):

@@ -33,6 +33,34 @@ class NaNLoss(LinearCrossEntropyLoss):
         return loss
 
 
+class _InfiniteGradient(torch.autograd.Function):
+    """Identity forward; backward turns every gradient into inf (a finite loss, a broken norm)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad * float("inf")
+
+
+class InfGradLoss(LinearCrossEntropyLoss):
+    """The usual loss, whose gradient is infinite at the `at_call`-th training micro-batch."""
+
+    def __init__(self, at_call: int, num_output_chunks: int = 8):
+        super().__init__(num_output_chunks)
+        self.at_call, self.calls = at_call, 0
+
+    def __call__(self, model, batch):
+        loss = super().__call__(model, batch)
+        if torch.is_grad_enabled():
+            self.calls += 1
+            if self.calls == self.at_call:
+                return _InfiniteGradient.apply(loss)
+        return loss
+
+
 class HangingLoss(LinearCrossEntropyLoss):
     """The usual loss, but rank `rank` stops answering at its `at_call`-th training micro-batch."""
 
