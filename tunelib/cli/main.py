@@ -7,6 +7,8 @@
     tune run [TORCHRUN-OPTIONS] RECIPE --config CONFIG [OVERRIDES]
     tune download REPO_ID [--output-dir DIR]
     tune preview CONFIG [OVERRIDES]       the first training samples, trained tokens marked
+    tune chat CHECKPOINT_DIR [--adapter DIR]       talk with a model in the terminal
+    tune merge_lora --adapter DIR --output-dir DIR  a LoRA/DoRA adapter merged into its base
 
 Bad input prints one line, `tune: error: ...`, and exits with code 2.
 """
@@ -28,6 +30,8 @@ VERBS = {
     "run": "tunelib.cli.run",
     "download": "tunelib.cli.download",
     "preview": "tunelib.cli.preview",
+    "chat": "tunelib.cli.chat",
+    "merge_lora": "tunelib.cli.merge_lora",
 }
 
 WORD_VERBS = ("run", "validate", "cat", "preview")
