@@ -8,13 +8,15 @@ Ctrl-C stops an answer; Ctrl-C or Ctrl-D at the prompt (or /exit) ends the chat.
 
 from __future__ import annotations
 
+import argparse
 import sys
 
 HELP = "Ctrl-D or /exit to quit, /clear to start over, Ctrl-C stops an answer."
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("chat", help="chat with a model in the terminal", description=__doc__)
+    p = sub.add_parser("chat", help="chat with a model in the terminal", description=__doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("checkpoint_dir", help="a model folder (HF, a fine-tune's output, a quantized folder)")
     p.add_argument("--adapter", default=None, metavar="DIR", help="a LoRA/DoRA (PEFT) or LLaMA-Adapter folder")
     p.add_argument("--system", default=None, help="a system message that starts the conversation")

@@ -11,6 +11,7 @@ The folder is written under a temporary name and renamed when complete.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import shutil
@@ -21,7 +22,7 @@ from tunelib.errors import CheckpointError, UserError
 
 def add_parser(sub) -> None:
     p = sub.add_parser("merge_lora", aliases=["merge"], help="merge a LoRA/DoRA adapter into its base model",
-                       description=__doc__)
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--adapter", required=True, metavar="DIR",
                    help="the adapter folder (adapter_config.json + adapter_model.safetensors), or a run's final/")
     p.add_argument("--base", default=None, metavar="DIR",
