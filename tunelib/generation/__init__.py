@@ -1,11 +1,15 @@
 """Generation with a KV cache, and loading any trained model for it.
 
-    from tunelib.generation import Generator, Sampling, TextStream, load_model
+    from tunelib.generation import Generator, Sampling, TextStream, conversation, encode_request, load_model
+    from tunelib.tokenizers import from_pretrained
     loaded = load_model("/tmp/Llama-3.2-1B-Instruct", adapter_dir="out/final/adapter")
-    gen = Generator(loaded.model)
+    tok = from_pretrained(loaded.tokenizer_dir)
+    prompt_ids = encode_request(tok, conversation("Tell me a joke"))
+    gen, text = Generator(loaded.model), TextStream(tok)
     for token in gen.stream(prompt_ids, max_new_tokens=100, stop_tokens=tok.stop_tokens,
                             sampling=Sampling(temperature=0.7, top_p=0.9)):
-        print(stream.push(token), end="", flush=True)
+        print(text.push(token), end="", flush=True)
+    print(text.flush())
 
 Modules: `sampling` (greedy, temperature, top-k, top-p), `generator` (the cached loop),
 `stream` (tokens to text while generating), `prompt` (prompt or conversation to ids),
