@@ -76,7 +76,14 @@ class Chat:
                 self.generator.reset()
                 print("(new conversation)", flush=True)
             elif text:
-                self.answer(line)
+                try:
+                    self.answer(line)
+                except KeyboardInterrupt:
+                    # Ctrl-C outside the generation itself (while rendering the prompt): drop the
+                    # unanswered message, so the history keeps alternating user and assistant.
+                    if self.turns and self.turns[-1]["role"] == "user":
+                        self.turns.pop()
+                    print(" [stopped]", flush=True)
 
     def answer(self, line: str) -> None:
         """Generate the assistant's answer to `line`, streaming it, and add both to the history."""
