@@ -4,6 +4,12 @@ Attention goes through `F.scaled_dot_product_attention` with `is_causal=True` wh
 exact (no packed documents, no sliding window shorter than the keys, no cache prefix), so the
 flash/efficient kernels stay available. Packed documents and sliding windows become a boolean
 mask. Gemma 2's score soft-capping needs the scores themselves, so it is computed explicitly.
+
+On CPU, packed documents are attended one document at a time instead (`AttentionInputs.documents`):
+a kernel given a mask still computes every score the mask throws away, which for packs of
+short documents is most of them. Each document attending causally to itself is exactly what
+the document mask allows, so only the skipped work differs. (On GPU, reading the document
+lengths would stall the host on the device, so the mask stays.)
 """
 
 from __future__ import annotations
@@ -60,6 +66,9 @@ class AttentionInputs:
     sin: torch.Tensor  # (B, T, head_dim)
     masks: dict[int | None, torch.Tensor | None]  # window -> (B|1, 1, T, K) bool, None: plain causal
     cache: KVCache | None = None
+    # Per row, the lengths of its packed documents in order (summing to T): attend to each alone.
+    # Set only where that equals every layer's mask (see `document_lengths`); masks are then empty.
+    documents: list[list[int]] | None = None
 
 
 def build_mask(q_len: int, k_len: int, *, document_ids: torch.Tensor | None, window: int | None,
@@ -82,6 +91,19 @@ def build_mask(q_len: int, k_len: int, *, document_ids: torch.Tensor | None, win
         same = document_ids[:, -q_len:, None] == document_ids[:, None, :]  # (B, T, K)
         allowed = allowed & same[:, None]
     return allowed
+
+
+def document_lengths(document_ids: torch.Tensor) -> list[list[int]] | None:
+    """Per row of `document_ids` (B, T), the lengths of its documents in order; None if some
+    document's tokens are not all in one run (then only the mask says who sees whom). Syncs
+    with the device: for CPU tensors."""
+    lengths = []
+    for row in document_ids:
+        ids, counts = torch.unique_consecutive(row, return_counts=True)
+        if ids.unique().numel() != ids.numel():
+            return None
+        lengths.append(counts.tolist())
+    return lengths
 
 
 def softcapped_attention(q, k, v, mask, *, scale: float, softcap: float, causal: bool = True) -> torch.Tensor:
@@ -133,8 +155,24 @@ class Attention(nn.Module):
         k = rotate(k.transpose(1, 2), inputs.cos, inputs.sin)  # (B, KV, T, D)
         if inputs.cache is not None:
             k, v = inputs.cache.update(self.layer, k, v)  # (B, KV, K, D), K = cached + T
-        out = self.attend(q, k, v, inputs.masks[self.window])  # (B, H, T, D)
+        if inputs.documents is not None:
+            out = self.attend_documents(q, k, v, inputs.documents)  # (B, H, T, D)
+        else:
+            out = self.attend(q, k, v, inputs.masks[self.window])  # (B, H, T, D)
         return self.o_proj(out.transpose(1, 2).reshape(B, T, -1))  # (B, T, hidden)
+
+    def attend_documents(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                         documents: list[list[int]]) -> torch.Tensor:
+        """`attend` on each packed document alone, causally: q (B, H, T, D), k and v (B, KV, T, D),
+        `documents[b]` the lengths of row b's documents. Returns (B, H, T, D)."""
+        rows = []
+        for lengths, qb, kb, vb in zip(documents, q, k, v):  # (H, T, D), (KV, T, D), (KV, T, D)
+            # split/unbind rather than slicing: their backward is one cat/stack, not a zero-filled
+            # gradient of the whole tensor per document.
+            parts = [self.attend(qd[None], kd[None], vd[None], None)  # (1, H, t, D)
+                     for qd, kd, vd in zip(qb.split(lengths, 1), kb.split(lengths, 1), vb.split(lengths, 1))]
+            rows.append(torch.cat(parts, dim=2))
+        return torch.cat(rows)
 
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, *,
                causal: bool = True) -> torch.Tensor:

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tunelib.models.attention import Attention, AttentionInputs, KVCache, build_mask
+from tunelib.models.attention import Attention, AttentionInputs, KVCache, build_mask, document_lengths
 from tunelib.models.config import DecoderConfig
 from tunelib.models.norm import RMSNorm
 from tunelib.models.rope import RotaryEmbedding
@@ -92,8 +92,14 @@ class Decoder(nn.Module):
             h = h * torch.tensor(self.config.hidden_size ** 0.5, device=h.device).to(h.dtype)
         cos, sin = self.rotary_emb(position_ids, h.dtype)
         windows = {self.config.window(i) for i in range(len(self.layers))}
-        masks = {w: build_mask(T, past + T, document_ids=document_ids, window=w, device=h.device) for w in windows}
-        inputs = AttentionInputs(cos, sin, masks, cache)
+        documents = None
+        if document_ids is not None and h.device.type == "cpu" and all(w is None or w >= T for w in windows):
+            documents = document_lengths(document_ids)  # a window no shorter than T cuts no document
+        if documents is not None:
+            masks = {}
+        else:
+            masks = {w: build_mask(T, past + T, document_ids=document_ids, window=w, device=h.device) for w in windows}
+        inputs = AttentionInputs(cos, sin, masks, cache, documents)
         for layer in self.layers:
             h = layer(h, inputs)
         if cache is not None:

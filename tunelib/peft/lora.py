@@ -77,9 +77,13 @@ class LoRALinear(nn.Linear):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.base_forward(x)
         # Adapters may be kept in another dtype than the activations (as PEFT allows).
-        x = x.to(self.lora_A.weight.dtype)
-        lora = self.lora_B(self.lora_A(self.lora_dropout(x))) * self.scaling
-        return out + lora.to(out.dtype)
+        a = self.lora_A(self.lora_dropout(x.to(self.lora_A.weight.dtype))) * self.scaling  # (..., r)
+        if a.dtype != out.dtype:
+            return out + self.lora_B(a).to(out.dtype)
+        # out + B(s·A x) in one addmm: the sum rides in the matmul instead of another pass over
+        # (..., out), and s scales r columns rather than out_features.
+        flat = out.reshape(-1, out.shape[-1])  # (N, out)
+        return torch.addmm(flat, a.reshape(-1, a.shape[-1]), self.lora_B.weight.t()).view(out.shape)
 
     def delta_weight(self) -> torch.Tensor:
         """`s · B A` in fp32, shape (out, in)."""
