@@ -9,7 +9,8 @@ On CPU, packed documents are attended one document at a time instead (`Attention
 a kernel given a mask still computes every score the mask throws away, which for packs of
 short documents is most of them. Each document attending causally to itself is exactly what
 the document mask allows, so only the skipped work differs. (On GPU, reading the document
-lengths would stall the host on the device, so the mask stays.)
+lengths would stall the host on the device, and under torch.compile each new packing would be
+traced again, so there the mask stays.)
 """
 
 from __future__ import annotations
@@ -67,7 +68,7 @@ class AttentionInputs:
     masks: dict[int | None, torch.Tensor | None]  # window -> (B|1, 1, T, K) bool, None: plain causal
     cache: KVCache | None = None
     # Per row, the lengths of its packed documents in order (summing to T): attend to each alone.
-    # Set only where that equals every layer's mask (see `document_lengths`); masks are then empty.
+    # Set only where that equals every layer's mask (see `document_lengths`).
     documents: list[list[int]] | None = None
 
 
@@ -155,7 +156,9 @@ class Attention(nn.Module):
         k = rotate(k.transpose(1, 2), inputs.cos, inputs.sin)  # (B, KV, T, D)
         if inputs.cache is not None:
             k, v = inputs.cache.update(self.layer, k, v)  # (B, KV, K, D), K = cached + T
-        if inputs.documents is not None:
+        # A compiled layer keeps the mask: one graph for every packing, where the per-document
+        # loop would be traced again for each new set of document lengths.
+        if not torch.compiler.is_compiling() and inputs.documents is not None:
             out = self.attend_documents(q, k, v, inputs.documents)  # (B, H, T, D)
         else:
             out = self.attend(q, k, v, inputs.masks[self.window])  # (B, H, T, D)

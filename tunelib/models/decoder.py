@@ -92,13 +92,11 @@ class Decoder(nn.Module):
             h = h * torch.tensor(self.config.hidden_size ** 0.5, device=h.device).to(h.dtype)
         cos, sin = self.rotary_emb(position_ids, h.dtype)
         windows = {self.config.window(i) for i in range(len(self.layers))}
+        masks = {w: build_mask(T, past + T, document_ids=document_ids, window=w, device=h.device) for w in windows}
         documents = None
-        if document_ids is not None and h.device.type == "cpu" and all(w is None or w >= T for w in windows):
-            documents = document_lengths(document_ids)  # a window no shorter than T cuts no document
-        if documents is not None:
-            masks = {}
-        else:
-            masks = {w: build_mask(T, past + T, document_ids=document_ids, window=w, device=h.device) for w in windows}
+        if (document_ids is not None and h.device.type == "cpu" and not torch.compiler.is_compiling()
+                and all(w is None or w >= T for w in windows)):  # a window no shorter than T cuts no document
+            documents = document_lengths(document_ids)
         inputs = AttentionInputs(cos, sin, masks, cache, documents)
         for layer in self.layers:
             h = layer(h, inputs)
