@@ -5,6 +5,7 @@
     python3 benchmarks/run.py                          # CPU workloads (or GPU ones when CUDA is there)
     python3 benchmarks/run.py --workloads cpu-tiny-lora --repeats 5
     python3 benchmarks/run.py --list
+    python3 benchmarks/run.py --threads 1              # every library on one core (less noise on a busy machine)
 
 Every library does the same work: the same random Llama-3-shaped model (one Hugging Face
 folder, `tunebench/assets.py`), the same LoRA A init, the same pre-tokenized packs in the
@@ -19,7 +20,8 @@ Output in benchmarks/results/<date-time>/ (or --out): one JSON per run, the pack
 (machine, versions, command, measured CPU peak), summary.json, table.md and chart.png:
 tokens/s (non-padding tokens, median over the timed steps after warm-up), peak memory (RSS
 of steps 2..N on CPU; allocated and reserved on GPU), MFU (formula in `tunebench/flops.py`),
-ratios to each peer, and the largest loss difference to tunelib over all steps.
+ratios to each peer (paired repeat by repeat), tokens per CPU-second (less disturbed by other
+processes than wall time), and the largest loss difference to tunelib over all steps.
 
 This script needs only the standard library; the venvs hold everything else.
 """
@@ -82,8 +84,12 @@ def setup(libs: list[str], torch_spec: str) -> None:
 # -- running ----------------------------------------------------------------------------------
 
 
+THREADS: dict[str, str] = {}  # OMP_NUM_THREADS for every child, when --threads is given
+
+
 def run_in(lib: str, args: list[str], log: Path, timeout: float | None = None) -> None:
-    env = {**os.environ, "PYTHONPATH": str(BENCH), "TOKENIZERS_PARALLELISM": "false"}
+    """Run `python args` in `lib`'s venv with the output in `log`; exit with its tail if it fails."""
+    env = {**os.environ, "PYTHONPATH": str(BENCH), "TOKENIZERS_PARALLELISM": "false", **THREADS}
     with open(log, "w") as f:
         done = subprocess.run([python(lib), *args], env=env, stdout=f, stderr=subprocess.STDOUT, timeout=timeout)
     if done.returncode != 0:
@@ -98,8 +104,9 @@ def prepare(name: str, out: Path) -> Path:
     return assets
 
 
-def measure_cpu_peak(out: Path) -> dict:
-    log = out / "logs" / "cpu_peak.log"
+def measure_cpu_peak(out: Path, when: str) -> dict:
+    """The tunelib venv's fp32 matmul peak right now (see tunebench.flops)."""
+    log = out / "logs" / f"cpu_peak_{when}.log"
     run_in("tunelib", ["-m", "tunebench.flops"], log)
     return json.loads(log.read_text().strip().splitlines()[-1])
 
@@ -119,11 +126,12 @@ def machine() -> dict:
 
 def benchmark(names: list[str], libs: list[str], repeats: int, out: Path, timeout: float) -> None:
     (out / "logs").mkdir(parents=True, exist_ok=True)
-    meta = {"date": dt.datetime.now().isoformat(timespec="seconds"), "command": " ".join(sys.argv),
+    meta = {"date": dt.datetime.now().isoformat(timespec="seconds"), "command": " ".join(sys.argv), **THREADS,
             "machine": machine(), "libraries": libs, "repeats": repeats,
             "workloads": {n: WORKLOADS[n].to_dict() for n in names}}
-    if any(WORKLOADS[n].device == "cpu" for n in names):
-        meta.update(measure_cpu_peak(out))
+    cpu = any(WORKLOADS[n].device == "cpu" for n in names)
+    if cpu:
+        meta.update(measure_cpu_peak(out, "start"))
         print(f"measured CPU fp32 matmul peak: {meta['cpu_fp32_peak'] / 1e9:.1f} GFLOP/s", flush=True)
     for name in names:
         assets = prepare(name, out)
@@ -136,6 +144,10 @@ def benchmark(names: list[str], libs: list[str], repeats: int, out: Path, timeou
                              "--assets", str(assets), "--data", str(packs), "--workdir", str(WORK / "runs" / lib),
                              "--out", str(out / f"{tag}.json")], out / "logs" / f"{tag}.log", timeout)
     meta["load_average_at_end"] = os.getloadavg()
+    if cpu:  # other processes may have slowed the first measurement: MFU uses the better one
+        end = measure_cpu_peak(out, "end")
+        meta["cpu_fp32_peak_start_end"] = [meta["cpu_fp32_peak"], end["cpu_fp32_peak"]]
+        meta["cpu_fp32_peak"] = max(meta["cpu_fp32_peak_start_end"])
     (out / "meta.json").write_text(json.dumps(meta, indent=1))
     run_in("tunelib", ["-m", "tunebench.report", str(out)], out / "logs" / "report.log")
     print((out / "table.md").read_text())
@@ -151,9 +163,12 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--out", type=Path, help="results folder (default benchmarks/results/<date-time>)")
     p.add_argument("--timeout", type=float, default=3600, help="seconds one run may take")
+    p.add_argument("--threads", type=int, help="OMP_NUM_THREADS for every run (default: torch's choice)")
     p.add_argument("--list", action="store_true", help="print the workloads and exit")
     a = p.parse_args()
     libs = a.libraries.split(",")
+    if a.threads:
+        THREADS["OMP_NUM_THREADS"] = str(a.threads)
     if a.list:
         for n, w in WORKLOADS.items():
             print(f"{n}: {w.method} {w.device} {w.dtype} seq {w.seq_len} batch {w.batch_size} {w.shape}")

@@ -15,7 +15,9 @@ same A is what makes their loss curves comparable step by step.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import shutil
 from pathlib import Path
 
 import torch
@@ -28,6 +30,7 @@ HF_DTYPE = {"fp32": "float32", "bf16": "bfloat16"}
 
 
 def hf_config(shape: Shape, dtype: str) -> dict:
+    """The config.json of a Llama-3 model of this shape."""
     return {
         "architectures": ["LlamaForCausalLM"], "model_type": "llama",
         "vocab_size": shape.vocab_size, "hidden_size": shape.hidden_size,
@@ -62,6 +65,7 @@ def weight_shapes(shape: Shape) -> dict[str, tuple[int, ...]]:
 
 
 def make_weights(shape: Shape, dtype: str, seed: int) -> dict[str, torch.Tensor]:
+    """Every weight: N(0, 0.02) drawn in a fixed order from `seed`, norms 1."""
     g = torch.Generator().manual_seed(seed)
     out = {}
     for name, size in weight_shapes(shape).items():
@@ -85,6 +89,7 @@ def lora_init(shape: Shape, targets: list[str], rank: int, seed: int) -> dict[st
 
 
 def write_tokenizer(folder: Path, vocab_size: int) -> None:
+    """A word-level tokenizer.json with `vocab_size` ids (pad 0, bos 1, eos 2)."""
     from tokenizers import Tokenizer, models, pre_tokenizers
 
     specials = ["<pad>", "<|begin_of_text|>", "<|end_of_text|>"]
@@ -98,21 +103,34 @@ def write_tokenizer(folder: Path, vocab_size: int) -> None:
 
 
 def make_model_folder(root: Path, w: Workload) -> Path:
-    """Write `root/model` and `root/lora_init.safetensors` once (a stamp says for what); return root.
+    """Write `root/model` and `root/lora_init.safetensors` for `w`; return root.
 
-    The LoRA init lies outside the model folder, where no library would take it for weights.
+    The model folder itself lives in `root/../models/<digest>` and `root/model` links to it,
+    so workloads on the same model (LoRA, QLoRA and full of one shape) share one copy: three
+    copies of an 8B model would not fit on a 64 GiB disk. A stamp says what each was made
+    for; an existing one that matches is kept. The LoRA init lies outside the model folder,
+    where no library would take it for weights.
     """
     root = Path(root)
-    folder = root / "model"
-    stamp = json.dumps({"shape": w.to_dict()["shape"], "dtype": w.dtype, "seed": w.seed, "rank": w.lora_rank,
-                        "targets": w.lora_targets}, sort_keys=True)
-    if (root / "stamp.json").exists() and (root / "stamp.json").read_text() == stamp:
-        return root
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "config.json").write_text(json.dumps(hf_config(w.shape, w.dtype), indent=1))
-    (folder / "generation_config.json").write_text(json.dumps({"bos_token_id": 1, "eos_token_id": 2}))
-    save_file(make_weights(w.shape, w.dtype, w.seed), str(folder / "model.safetensors"), metadata={"format": "pt"})
-    save_file(lora_init(w.shape, w.lora_targets, w.lora_rank, w.seed), str(root / "lora_init.safetensors"))
-    write_tokenizer(folder, w.shape.vocab_size)
-    (root / "stamp.json").write_text(stamp)
+    model_stamp = json.dumps({"shape": w.to_dict()["shape"], "dtype": w.dtype, "seed": w.seed}, sort_keys=True)
+    folder = root.parent / "models" / hashlib.sha256(model_stamp.encode()).hexdigest()[:12]
+    stamp = folder.parent / f"{folder.name}.stamp.json"  # beside the folder: no library sees it
+    if not stamp.exists() or stamp.read_text() != model_stamp:
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "config.json").write_text(json.dumps(hf_config(w.shape, w.dtype), indent=1))
+        (folder / "generation_config.json").write_text(json.dumps({"bos_token_id": 1, "eos_token_id": 2}))
+        save_file(make_weights(w.shape, w.dtype, w.seed), str(folder / "model.safetensors"), metadata={"format": "pt"})
+        write_tokenizer(folder, w.shape.vocab_size)
+        stamp.write_text(model_stamp)
+    root.mkdir(parents=True, exist_ok=True)
+    link = root / "model"
+    if link.is_symlink() or link.exists():
+        if link.resolve() != folder.resolve():
+            link.unlink() if link.is_symlink() else shutil.rmtree(link)
+    if not link.exists():
+        link.symlink_to(Path("..") / "models" / folder.name)
+    lora_stamp = json.dumps({"model": model_stamp, "rank": w.lora_rank, "targets": w.lora_targets}, sort_keys=True)
+    if not (root / "stamp.json").exists() or (root / "stamp.json").read_text() != lora_stamp:
+        save_file(lora_init(w.shape, w.lora_targets, w.lora_rank, w.seed), str(root / "lora_init.safetensors"))
+        (root / "stamp.json").write_text(lora_stamp)
     return root

@@ -20,6 +20,7 @@ H100_BF16_PEAK = 989e12  # dense, SXM (issue 10; torchtitan's table)
 
 
 def matmul_params(w: Workload) -> int:
+    """N: the weights of every matmul of the model (decoder linears and the LM head)."""
     s = w.shape
     d = s.head_dim
     attn = s.hidden_size * d * (2 * s.num_attention_heads + 2 * s.num_key_value_heads)
@@ -28,13 +29,23 @@ def matmul_params(w: Workload) -> int:
 
 
 def flops_per_token(w: Workload) -> float:
+    """Model FLOPs per trained token: (6 if full else 4)·N + 12·L·S·d_attn."""
     s = w.shape
     attention = 12 * s.num_hidden_layers * w.seq_len * s.num_attention_heads * s.head_dim
     return (6 if w.method == "full" else 4) * matmul_params(w) + attention
 
 
-def cpu_fp32_peak(n: int = 2048, repeats: int = 10) -> float:
-    """Best fp32 FLOP/s of an n x n matmul with torch's default threads (best of `repeats`)."""
+def mfu(tokens_per_s: float, w: Workload, peak_flops: float) -> float:
+    """Model FLOPs utilisation: tokens/s x FLOPs per token / the device's peak FLOP/s."""
+    return tokens_per_s * flops_per_token(w) / peak_flops
+
+
+def cpu_fp32_peak(n: int = 2048, repeats: int = 20) -> float:
+    """Best fp32 FLOP/s of an n x n matmul with torch's threads (best of `repeats`).
+
+    A measured peak, not the vendor's: on a shared machine it is what a matmul got at best
+    while other processes ran, so CPU MFU is a fraction of what this machine could do then.
+    """
     import torch
 
     a, b = torch.randn(n, n), torch.randn(n, n)

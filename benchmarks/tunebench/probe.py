@@ -34,6 +34,7 @@ class Probe:
     def __init__(self, device: str):
         self.device = device
         self.times: list[float] = []
+        self.cpu_times: list[float] = []  # CPU seconds of the process, all threads
         self.losses: list[float] = []
         self.extra: dict = {}
 
@@ -44,6 +45,7 @@ class Probe:
 
             torch.cuda.synchronize()
         self.times.append(time.perf_counter())
+        self.cpu_times.append(time.process_time())
         self.losses.append(float(loss))
         if len(self.times) == 1:
             self._reset_peaks()
@@ -68,5 +70,5 @@ class Probe:
         return out
 
     def write(self, path: Path, **info) -> None:
-        Path(path).write_text(json.dumps({"times": self.times, "losses": self.losses, "memory": self.memory(),
+        Path(path).write_text(json.dumps({"times": self.times, "cpu_times": self.cpu_times, "losses": self.losses, "memory": self.memory(),
                                           **self.extra, **info}, indent=1))

@@ -35,6 +35,8 @@ def load_model(job):
 
     w = job.workload
     kwargs = {"dtype": torch.float32 if w.dtype == "fp32" else torch.bfloat16, "attn_implementation": "sdpa"}
+    if w.device == "cuda":
+        kwargs["device_map"] = {"": 0}  # load (and, for QLoRA, quantize) straight onto the GPU
     if w.method == "qlora":
         from transformers import BitsAndBytesConfig
 
@@ -42,8 +44,6 @@ def load_model(job):
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16,
             bnb_4bit_quant_storage=torch.bfloat16)
     model = AutoModelForCausalLM.from_pretrained(job.model_dir, **kwargs)
-    if w.device == "cuda" and w.method != "qlora":
-        model = model.to("cuda")
     if w.method == "full":
         return model
     from peft import LoraConfig, get_peft_model
@@ -85,6 +85,9 @@ def main() -> None:
         logging_steps=1, save_strategy="no", report_to=[], use_cpu=w.device == "cpu", seed=w.seed,
         dataloader_num_workers=0, remove_unused_columns=False, train_sampling_strategy="sequential",
         gradient_checkpointing=w.activation_checkpointing, torch_compile=w.compile, disable_tqdm=True,
+        # Non-reentrant checkpointing reaches the adapters inside checkpointed layers even though
+        # the (frozen) embeddings' output needs no gradient; torchtune and tunelib checkpoint this way.
+        gradient_checkpointing_kwargs={"use_reentrant": False},
     )
     trainer = ProbedTrainer(model=load_model(job), args=args, train_dataset=PackedRows(str(job.data)),
                             callbacks=[StepProbe()])

@@ -1,7 +1,11 @@
 """tunelib: its own recipe assembly (`build_run`) and loop (`train`), as `tune run` does.
 
-The only additions: the LoRA A matrices are set to the shared init after assembly, the probe
-wraps the metric logger, and the final save is skipped (it happens after the timed steps).
+Settings are tunelib's defaults where the workload does not fix them (the loss is the default
+LinearCrossEntropyLoss), except AdamW's `fused=True`, which torchtune's configs and the
+Trainer use too. The only additions: the LoRA A matrices are set to the shared init after
+assembly, the probe wraps the metric logger and records the batch shape (so a run that trained
+on shorter rows than the peers would show), and the final save is skipped (it happens after
+the timed steps).
 """
 
 from __future__ import annotations
@@ -69,13 +73,23 @@ def config(job) -> dict:
         "dataset": {"_component_": "tunebench.drivers.run_tunelib.packed_dataset", "path": str(job.data)},
         "seed": w.seed, "shuffle": False, "batch_size": w.batch_size, "epochs": 1,
         "max_steps_per_epoch": w.steps, "gradient_accumulation_steps": 1,
-        "optimizer": {"_component_": "torch.optim.AdamW", "lr": w.lr, "weight_decay": 0.0},
+        "optimizer": {"_component_": "torch.optim.AdamW", "lr": w.lr, "weight_decay": 0.0, "fused": True},
         "dtype": w.dtype, "device": w.device, "compile": w.compile,
         "enable_activation_checkpointing": w.activation_checkpointing, "log_every_n_steps": 1
     }
     if w.method != "full":
         cfg["save_adapter_weights_only"] = True
     return cfg
+
+
+def recording_shape(loss_fn, probe: Probe):
+    """`loss_fn`, which also notes the (B, T) of the first batch it sees."""
+
+    def loss(model, batch):
+        probe.extra.setdefault("batch_shape", list(batch["input_ids"].shape))
+        return loss_fn(model, batch)
+
+    return loss
 
 
 def set_lora_init(model: torch.nn.Module, path) -> None:
@@ -106,6 +120,7 @@ def main() -> None:
         if method == "lora":
             set_lora_init(run.model, job.lora_init)
         run.logger = ProbeLogger(run.logger, probe)
+        run.loss_fn = recording_shape(run.loss_fn, probe)
         run.save = lambda run, final: None
         train(run)
     probe.write(job.out, library="tunelib", version=getattr(tunelib, "__version__", "0.1.0"),
