@@ -1,11 +1,16 @@
 """Next-token cross-entropy that never holds the logits of a whole batch, and skips what it can.
 
 For a 128k vocabulary, the fp32 logits of 2 x 2048 tokens take 2 GiB, more than the rest of
-a LoRA step's activations. Above `max_logits_bytes` the loss runs the output layer over
-chunks of the tokens, and each chunk's logits are recomputed in backward instead of being
-kept, so at most one chunk of logits is alive at a time. Below it (a small vocabulary or a
-short batch) the recompute would cost more time than the memory is worth, so the logits are
-computed once and kept for backward.
+a LoRA step's activations. In training, when the output layer is a plain linear layer (no
+adapter, bias or soft-cap), the loss runs it over chunks of the tokens and works out each
+chunk's gradients right away, in forward: softmax minus the one-hot target, times the
+weight (for the hidden states) and times the chunk's hidden states (for the weight). Only
+one chunk of logits is alive at a time, none is kept for backward, and none is recomputed;
+backward only scales the gradients by the incoming factor. This is exactly the chain rule
+autograd would apply, in another order.
+
+Other output layers go through `model.logits`: at once when the logits are small (under
+`max_logits_bytes`), else chunk by chunk with each chunk's logits recomputed in backward.
 
 On CPU the output layer only sees the positions that are trained (label != ignore_index):
 the prompt and padding positions contribute nothing to the loss, and skipping them skips
@@ -17,6 +22,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 IGNORE_INDEX = -100
@@ -26,11 +32,10 @@ class LinearCrossEntropyLoss:
     """Summed cross-entropy over the tokens whose label is not `ignore_index`.
 
     Args:
-        num_output_chunks: how many pieces the tokens are cut into for the output layer, when
-            the logits would take more than `max_logits_bytes`.
+        num_output_chunks: how many pieces the tokens are cut into for the output layer.
         ignore_index: the label of positions nothing is learned from.
-        max_logits_bytes: the most memory the fp32 logits of one batch may take unchunked
-            (default 256 MiB); 0 always chunks.
+        max_logits_bytes: for output layers other than a plain linear one, the most memory
+            the fp32 logits of one batch may take unchunked (default 256 MiB); 0 always chunks.
     """
 
     def __init__(self, num_output_chunks: int = 8, ignore_index: int = IGNORE_INDEX,
@@ -52,7 +57,11 @@ class LinearCrossEntropyLoss:
         if hidden.device.type == "cpu":
             trained = (labels != self.ignore_index).nonzero().squeeze(1)
             hidden, labels = hidden.index_select(0, trained), labels.index_select(0, trained)
-        if not (torch.is_grad_enabled() and hidden.requires_grad) or not self._chunked(model, labels.numel()):
+        weight = _plain_output_weight(model)
+        training = torch.is_grad_enabled() and (hidden.requires_grad or (weight is not None and weight.requires_grad))
+        if training and weight is not None:
+            return _LinearCrossEntropy.apply(hidden, weight, labels, self.num_output_chunks, self.ignore_index)
+        if not training or not self._chunked(model, labels.numel()):
             return self._chunk_loss(model, hidden, labels)
         total = hidden.new_zeros((), dtype=torch.float32)
         for h, y in zip(hidden.chunk(self.num_output_chunks), labels.chunk(self.num_output_chunks)):
@@ -66,6 +75,65 @@ class LinearCrossEntropyLoss:
     def _chunk_loss(self, model, hidden: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         logits = model.logits(hidden).float()  # (n, V)
         return F.cross_entropy(logits, labels, ignore_index=self.ignore_index, reduction="sum")
+
+
+def _plain_output_weight(model) -> torch.Tensor | None:
+    """The output layer's weight when logits are exactly `hidden @ weight.T`, else None.
+
+    An adapter on the output layer, a bias, Gemma 2's final soft-cap, or a weight that is not
+    a plain tensor (NF4, a DTensor shard) leave the logits to `model.logits`.
+    """
+    head = getattr(model, "lm_head", None)
+    if type(head) is not nn.Linear or head.bias is not None:
+        return None
+    if getattr(getattr(model, "config", None), "final_logit_softcapping", None) is not None:
+        return None
+    weight = head.weight
+    return weight if type(weight) in (torch.Tensor, nn.Parameter) else None
+
+
+class _LinearCrossEntropy(torch.autograd.Function):
+    """Summed cross-entropy of `hidden @ weight.T` against `labels`, gradients made in forward.
+
+    hidden (n, H), weight (V, H), labels (n,). Per chunk of rows: logits (c, V) in fp32,
+    loss = logsumexp - the target's logit, d loss / d logits = softmax - one_hot(target)
+    (zero on ignored rows), then d/d hidden = that @ weight and d/d weight += that.T @ hidden,
+    in the weight's dtype as autograd would. Backward multiplies them by the incoming
+    gradient, in place: like any graph that is freed after backward, it runs once.
+    """
+
+    @staticmethod
+    def forward(ctx, hidden, weight, labels, chunks: int, ignore_index: int):
+        want_hidden, want_weight = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        grad_hidden = torch.empty_like(hidden) if want_hidden else None  # (n, H)
+        grad_weight = torch.zeros_like(weight) if want_weight else None  # (V, H)
+        total = hidden.new_zeros((), dtype=torch.float32)
+        start = 0
+        for h, y in zip(hidden.chunk(chunks), labels.chunk(chunks)):  # (c, H), (c,)
+            keep = (y != ignore_index)[:, None]  # (c, 1)
+            target = torch.where(keep, y[:, None], 0)  # (c, 1); any valid id where ignored
+            logits = (h @ weight.t()).float()  # (c, V)
+            lse = logits.logsumexp(dim=1, keepdim=True)  # (c, 1)
+            total += torch.where(keep, lse - logits.gather(1, target), 0).sum()
+            grad = logits.sub_(lse).exp_()  # softmax, in the logits' memory
+            grad.scatter_add_(1, target, torch.full_like(target, -1, dtype=grad.dtype))
+            grad = grad.masked_fill_(~keep, 0).to(weight.dtype)  # (c, V)
+            if want_hidden:
+                torch.mm(grad, weight, out=grad_hidden[start:start + h.shape[0]])
+            if want_weight:
+                grad_weight.addmm_(grad.t(), h)
+            start += h.shape[0]
+        ctx.save_for_backward(grad_hidden, grad_weight)
+        return total
+
+    @staticmethod
+    def backward(ctx, grad_total):
+        grad_hidden, grad_weight = ctx.saved_tensors
+        if grad_hidden is not None:
+            grad_hidden.mul_(grad_total)
+        if grad_weight is not None:
+            grad_weight.mul_(grad_total)
+        return grad_hidden, grad_weight, None, None, None
 
 
 def count_tokens(labels: torch.Tensor, ignore_index: int = IGNORE_INDEX) -> int:
