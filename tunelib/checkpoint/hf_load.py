@@ -136,7 +136,7 @@ def load_hf_weights(model: nn.Module, folder: str | Path, *, dtype: torch.dtype 
                 part = part.to(device)
                 slots.assign(name, transform(name, part) if transform else part)
     _check_complete(slots, ignore_missing, folder)
-    _materialize_buffers(model, device)
+    materialize_buffers(model, device)
     return model
 
 
@@ -159,9 +159,12 @@ def _check_complete(slots: _Slots, ignore_missing, folder: Path) -> None:
                               f"{_shape(slots.targets[missing[0]])}){more}; is it the checkpoint of this model?")
 
 
-def _materialize_buffers(model: nn.Module, device: torch.device) -> None:
-    # Computed buffers (RoPE frequencies) are not in checkpoints: give them storage, then let
-    # their module compute them.
+def materialize_buffers(model: nn.Module, device: torch.device) -> None:
+    """Give every buffer still on meta storage on `device`, then let its module compute it.
+
+    Computed buffers (RoPE frequencies) are in no checkpoint, so a model built on meta and
+    filled from one still has them on meta.
+    """
     for module in model.modules():
         meta = [name for name, b in module.named_buffers(recurse=False) if b.is_meta]
         for name in meta:

@@ -70,12 +70,22 @@ def save_hf_folder(state_dict: dict[str, torch.Tensor], out_dir: str | Path, *, 
     from huggingface_hub import save_torch_state_dict
 
     save_torch_state_dict(tensors, out, max_shard_size=max_shard_size)  # shards carry {"format": "pt"}
-    config_json = _config_json(config, source, tensors, config_updates or {})
+    write_folder_files(out, config, source, tensors, config_updates or {})
+    return out
+
+
+def write_folder_files(out: Path, config: DecoderConfig, source: Path | None, tensors: dict,
+                       updates: dict) -> None:
+    """Write everything of an HF model folder but the weights into `out`.
+
+    config.json (the source's, or made from `config`, stating the dtype of `tensors` and
+    with `updates` applied), generation_config.json, and the tokenizer files of `source`.
+    """
+    config_json = _config_json(config, source, tensors, updates)
     _write_json(out / "config.json", config_json)
     _write_generation_config(out, source, config_json)
     if source is not None:
         _copy_files(source, out)
-    return out
 
 
 def _config_json(config: DecoderConfig, source: Path | None, tensors: dict, updates: dict) -> dict:

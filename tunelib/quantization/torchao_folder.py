@@ -19,17 +19,17 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import shutil
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from tunelib.checkpoint.hf_load import materialize_buffers
+from tunelib.checkpoint.hf_save import _DTYPE_NAMES, write_folder_files
 from tunelib.errors import CheckpointError
 
 QUANT_METHOD = "torchao"
 INDEX = "model.safetensors.index.json"
-_DTYPE_NAMES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
 
 
 def _torchao_safetensors():
@@ -97,7 +97,7 @@ def load_quantized(folder: str | Path, *, dtype: torch.dtype | None = None, devi
     _check_complete(params, loaded, folder)
     if model.config.tie_word_embeddings:
         model.lm_head.weight = model.model.embed_tokens.weight
-    _materialize_buffers(model, device)
+    materialize_buffers(model, device)
     return model.eval()
 
 
@@ -196,21 +196,6 @@ def _assign(model: nn.Module, name: str, tensor: torch.Tensor) -> None:
         setattr(module, attr, nn.Parameter(tensor, requires_grad=False))
 
 
-def _materialize_buffers(model: nn.Module, device: torch.device) -> None:
-    # Computed buffers (RoPE frequencies) are not stored: give them storage, then let their
-    # module compute them (as tunelib.checkpoint.load_hf_weights does).
-    for module in model.modules():
-        meta = [name for name, b in module.named_buffers(recurse=False) if b.is_meta]
-        for name in meta:
-            module.register_buffer(name, torch.empty_like(module._buffers[name], device=device),
-                                   persistent=name not in module._non_persistent_buffers_set)
-        if meta:
-            module.reset_parameters()
-
-
-# ---------------------------------------------------------------- writing
-
-
 def quantization_config(torchao_config) -> dict:
     """The `quantization_config` entry of config.json for a torchao config, as transformers writes it."""
     from torchao.core.config import config_to_dict
@@ -243,9 +228,9 @@ def save_quantized(tensors: dict[str, torch.Tensor], out_dir: str | Path, *, con
         weight_map = {key: name for name, shard in zip(names, shards) for key in shard}
         total = sum(t.numel() * t.element_size() for t in flat.values())
         _write_json(out / INDEX, {"metadata": {"total_size": total}, "weight_map": weight_map})
-    _write_config(out, config, source_dir, tensors, {**(config_updates or {}),
-                                                     "quantization_config": quantization_config(torchao_config)})
-    _copy_source_files(out, source_dir)
+    # config.json states the dtype the torchao tensors compute in, which is what they report.
+    write_folder_files(out, config, Path(source_dir) if source_dir is not None else None, tensors,
+                       {**(config_updates or {}), "quantization_config": quantization_config(torchao_config)})
     return out
 
 
@@ -277,37 +262,6 @@ def _shard_names(count: int) -> list[str]:
     if count == 1:
         return ["model.safetensors"]
     return [f"model-{i:05d}-of-{count:05d}.safetensors" for i in range(1, count + 1)]
-
-
-def _write_config(out: Path, config, source_dir, tensors: dict, updates: dict) -> None:
-    from tunelib.models.registry import format_for, load_json
-
-    source = Path(source_dir) if source_dir is not None else None
-    if source is not None and (source / "config.json").is_file():
-        data = load_json(source / "config.json")
-    else:
-        data = format_for(config).write(config)
-    dtypes = {t.dtype for t in tensors.values() if t.is_floating_point()}
-    if len(dtypes) == 1 and next(iter(dtypes)) in _DTYPE_NAMES:
-        name = _DTYPE_NAMES[dtypes.pop()]  # a torchao tensor reports the dtype it computes in
-        for key in [k for k in ("dtype", "torch_dtype") if k in data] or ["torch_dtype"]:
-            data[key] = name
-    data.update(updates)
-    _write_json(out / "config.json", data)
-    if source is None or not (source / "generation_config.json").is_file():
-        ids = {key: data[key] for key in ("bos_token_id", "eos_token_id", "pad_token_id") if data.get(key) is not None}
-        _write_json(out / "generation_config.json", {"_from_model_config": True, **ids})
-
-
-def _copy_source_files(out: Path, source_dir) -> None:
-    from tunelib.checkpoint.hf_save import COPIED_FILES
-
-    if source_dir is None:
-        return
-    for name in ("generation_config.json", *COPIED_FILES):
-        if (Path(source_dir) / name).is_file():
-            (out / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(Path(source_dir) / name, out / name)
 
 
 def _write_json(path: Path, data: dict) -> None:
