@@ -87,14 +87,21 @@ def setup(libs: list[str], torch_spec: str) -> None:
 THREADS: dict[str, str] = {}  # OMP_NUM_THREADS for every child, when --threads is given
 
 
+class RunFailed(Exception):
+    """A child process failed; the message names its log and ends with the log's last lines."""
+
+
 def run_in(lib: str, args: list[str], log: Path, timeout: float | None = None) -> None:
-    """Run `python args` in `lib`'s venv with the output in `log`; exit with its tail if it fails."""
+    """Run `python args` in `lib`'s venv with the output in `log`; raise RunFailed if it fails."""
     env = {**os.environ, "PYTHONPATH": str(BENCH), "TOKENIZERS_PARALLELISM": "false", **THREADS}
     with open(log, "w") as f:
-        done = subprocess.run([python(lib), *args], env=env, stdout=f, stderr=subprocess.STDOUT, timeout=timeout)
+        try:
+            done = subprocess.run([python(lib), *args], env=env, stdout=f, stderr=subprocess.STDOUT, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise RunFailed(f"{lib} ran past --timeout {timeout:g} s; see {log}") from None
     if done.returncode != 0:
         tail = "".join(log.read_text().splitlines(keepends=True)[-15:])
-        raise SystemExit(f"{lib} failed (exit {done.returncode}); last lines of {log}:\n{tail}")
+        raise RunFailed(f"{lib} failed (exit {done.returncode}); last lines of {log}:\n{tail}")
 
 
 def prepare(name: str, out: Path) -> Path:
@@ -140,9 +147,13 @@ def benchmark(names: list[str], libs: list[str], repeats: int, out: Path, timeou
             for lib in libs[r % len(libs):] + libs[:r % len(libs)]:  # rotate who goes first
                 tag = f"{name}__{lib}__r{r}"
                 print(f"-- {tag}", flush=True)
-                run_in(lib, ["-m", DRIVERS[lib], "--workload", str(packs.with_suffix(".workload.json")),
-                             "--assets", str(assets), "--data", str(packs), "--workdir", str(WORK / "runs" / lib),
-                             "--out", str(out / f"{tag}.json")], out / "logs" / f"{tag}.log", timeout)
+                try:
+                    run_in(lib, ["-m", DRIVERS[lib], "--workload", str(packs.with_suffix(".workload.json")),
+                                 "--assets", str(assets), "--data", str(packs), "--workdir", str(WORK / "runs" / lib),
+                                 "--out", str(out / f"{tag}.json")], out / "logs" / f"{tag}.log", timeout)
+                except RunFailed as e:  # e.g. out of GPU memory: the table says so, the other runs go on
+                    print(e, flush=True)
+                    (out / f"{tag}.json").write_text(json.dumps({"error": str(e)}))
     meta["load_average_at_end"] = os.getloadavg()
     if cpu:  # other processes may have slowed the first measurement: MFU uses the better one
         end = measure_cpu_peak(out, "end")
@@ -180,8 +191,14 @@ def main() -> None:
     if missing:
         raise SystemExit(f"no venv for {', '.join(missing)}: run `python3 benchmarks/run.py --setup` first")
     names = a.workloads.split(",") if a.workloads else (GPU_WORKLOADS if shutil.which("nvidia-smi") else CPU_WORKLOADS)
+    unknown = [n for n in names if n not in WORKLOADS]
+    if unknown:
+        raise SystemExit(f"unknown workload(s) {', '.join(unknown)}; --list shows them")
     out = a.out or BENCH / "results" / dt.datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
-    benchmark(names, libs, a.repeats, out, a.timeout)
+    try:
+        benchmark(names, libs, a.repeats, out, a.timeout)
+    except RunFailed as e:  # preparing the data or writing the report
+        raise SystemExit(str(e)) from None
 
 
 if __name__ == "__main__":

@@ -148,3 +148,33 @@ def test_tunelib_driver_runs_two_steps_of_the_tiny_workload(tmp_path):
     assert result["batch_shape"] == [w.batch_size, w.seq_len]  # padded to the full pack, as the peers are
     assert result["settings"]["optimizer"]["fused"] is True
     assert result["memory"]["peak_rss_gib"] > 0
+
+
+def test_report_pairs_repeats_and_names_failed_libraries(tmp_path):
+    w = WORKLOADS["cpu-tiny-full"]
+    losses = [9.0] * w.steps
+    _fake_results(tmp_path, w, {lib: losses for lib in ("tunelib", "torchtune", "peft")},
+                  {"tunelib": 1.0, "torchtune": 1.5, "peft": 2.0})
+    (tmp_path / f"{w.name}__tunelib__r0.json").write_text(json.dumps({"error": "tunelib failed (exit 1)"}))
+    for r in range(2):
+        (tmp_path / f"{w.name}__peft__r{r}.json").write_text(json.dumps({"error": "peft failed: out of memory"}))
+    summary = report.summarize(tmp_path)
+    libs = summary["workloads"][w.name]["libraries"]
+    assert libs["tunelib"]["failed_runs"] == ["tunelib failed (exit 1)"]
+    assert libs["torchtune"]["tunelib_speedup"] == pytest.approx({"median": 1.5, "min": 1.5, "max": 1.5})  # repeat 1
+    assert libs["peft"] == {"failed": "peft failed: out of memory"}
+    assert "| failed: peft failed: out of memory |" in report.table(summary)
+
+
+def test_doc_commands_name_real_workloads_and_options():
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "performance.md").read_text()
+    commands = [line.strip() for line in doc.splitlines() if line.strip().startswith("python3 benchmarks/run.py")]
+    assert len(commands) >= 5
+    helped = subprocess.run([sys.executable, str(BENCH / "run.py"), "--help"], capture_output=True, text=True).stdout
+    for command in commands:
+        words = command.split("#")[0].split()[2:]
+        for i, word in enumerate(words):
+            if word.startswith("--"):
+                assert word in helped, command
+            if words[i - 1] == "--workloads":
+                assert set(word.split(",")) <= set(WORKLOADS), command

@@ -49,9 +49,9 @@ def run_figures(run: dict, w: Workload, tokens: list[int]) -> dict:
             "tokens_per_cpu_s": cpu_rate, "peak_gib": peak, "memory": mem, "losses": run["losses"]}
 
 
-def _paired(ref: list[dict], other: list[dict], key: str, invert: bool = False) -> dict | None:
-    """Median, min and max over repeats of ref/other (other/ref with `invert`) for one figure."""
-    pairs = [(a[key], b[key]) for a, b in zip(ref, other) if a[key] and b[key]]
+def _paired(ref: dict[int, dict], other: dict[int, dict], key: str, invert: bool = False) -> dict | None:
+    """Median, min and max over the repeats both have of ref/other (other/ref with `invert`) for one figure."""
+    pairs = [(ref[r][key], other[r][key]) for r in ref.keys() & other.keys() if ref[r][key] and other[r][key]]
     if not pairs:
         return None
     ratios = [b / a if invert else a / b for a, b in pairs]
@@ -69,12 +69,18 @@ def summarize(results: Path) -> dict:
         peak_flops = meta["cpu_fp32_peak"] if w.device == "cpu" else H100_BF16_PEAK
         figs, libs = {}, {}
         for lib in LIBRARIES:
-            runs = [json.loads(p.read_text()) for p in sorted(results.glob(f"{name}__{lib}__r*.json"),
-                                                               key=lambda p: int(p.stem.rpartition("__r")[2]))]
+            runs = {int(p.stem.rpartition("__r")[2]): json.loads(p.read_text())
+                    for p in results.glob(f"{name}__{lib}__r*.json")}  # repeat -> run
             if not runs:
                 continue
-            figs[lib] = [run_figures(r, w, tokens) for r in runs]
-            f = figs[lib]
+            failed = [r["error"] for _, r in sorted(runs.items()) if "error" in r]
+            runs = {k: r for k, r in sorted(runs.items()) if "error" not in r}
+            if not runs:
+                libs[lib] = {"failed": failed[0]}
+                continue
+            figs[lib] = {k: run_figures(r, w, tokens) for k, r in runs.items()}
+            f = list(figs[lib].values())
+            runs = list(runs.values())
             tps = statistics.median(x["tokens_per_s"] for x in f)
             cpu = [x["tokens_per_cpu_s"] for x in f if x["tokens_per_cpu_s"]]
             libs[lib] = {
@@ -86,12 +92,14 @@ def summarize(results: Path) -> dict:
                 "mfu": mfu(tps, w, peak_flops),
                 "losses": f[0]["losses"], "version": runs[0].get("version"),
                 "settings": runs[0].get("settings"), "batch_shape": runs[0].get("batch_shape"),
+                "failed_runs": failed,
             }
         if "tunelib" in figs:
             ref = figs["tunelib"]
+            first = next(iter(ref.values()))["losses"]
             for lib, f in figs.items():
                 # Every repeat of every library against tunelib's first: runs must be deterministic too.
-                diff = max(abs(a - b) for run in f for a, b in zip(run["losses"], ref[0]["losses"]))
+                diff = max(abs(a - b) for run in f.values() for a, b in zip(run["losses"], first))
                 libs[lib].update({
                     "max_loss_diff_vs_tunelib": diff, "loss_agrees": diff <= LOSS_TOLERANCE[w.dtype],
                     "tunelib_speedup": _paired(ref, f, "tokens_per_s"),
@@ -118,6 +126,9 @@ def table(summary: dict) -> str:
             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for name, wl in summary["workloads"].items():
         for lib, f in wl["libraries"].items():
+            if "failed" in f:
+                rows.append(f"| {name} | {LABEL[lib]} | failed: {f['failed'].splitlines()[0]} |" + " |" * 7)
+                continue
             cpu = f"{f['tokens_per_cpu_s']:,.0f}" if f.get("tokens_per_cpu_s") else "-"
             mem = f.get("memory_vs_tunelib")
             diff = f.get("max_loss_diff_vs_tunelib")
@@ -150,6 +161,8 @@ def chart(summary: dict, path: Path) -> None:
     axes[0].legend(fontsize=8)
     for ax, n in zip(axes[2:], names):
         for lib, f in summary["workloads"][n]["libraries"].items():
+            if "failed" in f:
+                continue
             ax.plot(range(1, len(f["losses"]) + 1), f["losses"], label=LABEL[lib], marker=".")
         ax.set_title(f"loss per step: {n}", fontsize=9)
         ax.set_xlabel("step")
