@@ -6,6 +6,7 @@
     python3 benchmarks/run.py --workloads cpu-tiny-lora --repeats 5
     python3 benchmarks/run.py --list
     python3 benchmarks/run.py --threads 1              # every library on one core (less noise on a busy machine)
+    python3 benchmarks/run.py --ablate --threads 1     # tunelib's CPU speed-ups one at a time (tunebench/ablate.py)
 
 Every library does the same work: the same random Llama-3-shaped model (one Hugging Face
 folder, `tunebench/assets.py`), the same LoRA A init, the same pre-tokenized packs in the
@@ -165,6 +166,25 @@ def benchmark(names: list[str], libs: list[str], repeats: int, out: Path, timeou
     print(f"results: {out}")
 
 
+def ablate(names: list[str], out: Path, steps: int) -> None:
+    """tunelib alone, each speed-up turned off in turn (see tunebench/ablate.py); writes ablation.md."""
+    (out / "logs").mkdir(parents=True, exist_ok=True)
+    rows = ["| workload | turned off | seconds per step | ÷ all on | max \\|Δloss\\| vs all on |", "|---|---|---:|---:|---:|"]
+    for name in names:
+        assets = prepare(name, out)
+        packs = out / f"{name}.packs.json"
+        log = out / "logs" / f"{name}.ablate.log"
+        print(f"-- ablation of {name}", flush=True)
+        run_in("tunelib", ["-m", "tunebench.ablate", "--workload", str(packs.with_suffix(".workload.json")),
+                           "--assets", str(assets), "--data", str(packs), "--steps", str(steps),
+                           "--out", str(out / f"{name}.ablation.json")], log)
+        rows += [line for line in log.read_text().splitlines() if line.startswith("| ")]
+    text = "\n".join(rows) + f"\n\nMedian CPU time of the process over {steps} steps per variant; {' '.join(sys.argv)}\n"
+    (out / "ablation.md").write_text(text)
+    print(text)
+    print(f"results: {out}")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--setup", action="store_true", help="create/update the venvs under benchmarks/.venvs and exit")
@@ -176,6 +196,7 @@ def main() -> None:
     p.add_argument("--timeout", type=float, default=3600, help="seconds one run may take")
     p.add_argument("--threads", type=int, help="OMP_NUM_THREADS for every run (default: torch's choice)")
     p.add_argument("--list", action="store_true", help="print the workloads and exit")
+    p.add_argument("--ablate", action="store_true", help="time tunelib's CPU speed-ups one at a time instead")
     a = p.parse_args()
     libs = a.libraries.split(",")
     if a.threads:
@@ -196,6 +217,9 @@ def main() -> None:
         raise SystemExit(f"unknown workload(s) {', '.join(unknown)}; --list shows them")
     out = a.out or BENCH / "results" / dt.datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
     try:
+        if a.ablate:
+            ablate([n for n in names if WORKLOADS[n].device == "cpu"], out, steps=16)
+            return
         benchmark(names, libs, a.repeats, out, a.timeout)
     except RunFailed as e:  # preparing the data or writing the report
         raise SystemExit(str(e)) from None
