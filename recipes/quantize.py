@@ -14,8 +14,6 @@ The output is a Hugging Face folder of torchao safetensors (no pickles) that
 """
 
 import dataclasses
-import os
-import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -97,18 +95,11 @@ def _output_dir(cfg, source: Path) -> Path:
 
 def _save(tensors, out: Path, **kwargs) -> None:
     """Write into a temporary folder and rename it, so the output is complete or absent."""
+    from tunelib.checkpoint.atomic import output_folder
     from tunelib.quantization import torchao_folder
 
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
+    with output_folder(out) as tmp:
         torchao_folder.save_quantized(tensors, tmp, **kwargs)
-        if out.exists():
-            out.rmdir()  # _output_dir allowed only an empty folder
-        os.rename(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def _name(dtype) -> str:

@@ -36,3 +36,18 @@ def fake_recipes(tmp_path, monkeypatch, allow_support):
     root = write_recipes(tmp_path / "recipes", tmp_path / "out")
     monkeypatch.setattr(registry, "recipes_dir", lambda: root)
     return root
+
+
+@pytest.fixture(scope="session")
+def hf_folder(tmp_path_factory):
+    """hf_folder(family) -> a saved tiny transformers model of that family (read-only: do not write into it)."""
+    from support.models import make_hf_model_folder
+
+    made = {}
+
+    def get(family: str):
+        if family not in made:
+            made[family] = make_hf_model_folder(tmp_path_factory.mktemp(family), family)
+        return made[family]
+
+    return get

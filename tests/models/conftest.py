@@ -1,24 +1,9 @@
-"""Tiny HF model folders shared by the model tests (built once per session, one per family)."""
+"""Fixtures of the model tests (the tiny HF folders, `hf_folder`, are in tests/conftest.py)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
-
-
-@pytest.fixture(scope="session")
-def hf_folder(tmp_path_factory):
-    """hf_folder(family) -> a saved tiny transformers model of that family (read-only: do not write into it)."""
-    from support.models import make_hf_model_folder
-
-    made = {}
-
-    def get(family: str):
-        if family not in made:
-            made[family] = make_hf_model_folder(tmp_path_factory.mktemp(family), family)
-        return made[family]
-
-    return get
 
 
 @pytest.fixture

@@ -10,21 +10,6 @@ from tunelib.models import from_pretrained
 from tunelib.training.loss import LinearCrossEntropyLoss, _LinearCrossEntropy, _plain_output_weight
 
 
-@pytest.fixture(scope="module")
-def hf_folder(tmp_path_factory):
-    """hf_folder(family) -> a saved tiny transformers model of that family."""
-    from support.models import make_hf_model_folder
-
-    made = {}
-
-    def get(family: str):
-        if family not in made:
-            made[family] = make_hf_model_folder(tmp_path_factory.mktemp(family), family)
-        return made[family]
-
-    return get
-
-
 def _batch(vocab: int) -> dict[str, torch.Tensor]:
     ids = torch.randint(0, vocab, (2, 12), generator=torch.Generator().manual_seed(1))
     labels = ids.roll(-1, dims=1)

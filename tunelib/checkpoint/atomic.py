@@ -66,6 +66,27 @@ def atomic_folder(final: Path, *, step: int, is_final: bool, dist=None) -> Itera
     _barrier(dist)
 
 
+@contextmanager
+def output_folder(out: Path) -> Iterator[Path]:
+    """Yield a temporary folder beside `out` that becomes `out` on normal exit (removed on error).
+
+    For one-off outputs (a merged or quantized model): complete or absent, no marker. `out`
+    must not exist or be an empty folder; the caller checks that first.
+    """
+    out = Path(out)
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        tmp.mkdir(parents=True)
+        yield tmp
+        if out.exists():
+            out.rmdir()
+        os.rename(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
 def _barrier(dist) -> None:
     if dist is not None:
         dist.barrier()

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import shutil
 from pathlib import Path
 
 from tunelib.errors import CheckpointError, UserError
@@ -56,6 +54,7 @@ def run(args) -> int:
 def merge(base: Path, adapter: Path, out: Path, *, dtype: str = "auto", max_shard_size: str | int = "5GB") -> Path:
     """Write `base` with `adapter` merged into it as an HF model folder at `out` (complete or absent)."""
     from tunelib.checkpoint import save_hf_folder
+    from tunelib.checkpoint.atomic import output_folder
     from tunelib.generation.loading import DTYPES, checkpoint_dtype, load_model
     from tunelib.peft import merged_state_dict
 
@@ -65,17 +64,9 @@ def merge(base: Path, adapter: Path, out: Path, *, dtype: str = "auto", max_shar
     # Unmerged: merged_state_dict folds the adapter itself and says whether tied embeddings come apart.
     loaded = load_model(base, adapter_dir=adapter, dtype=dtype, device="cpu", merge_adapter=False)
     weights, updates = merged_state_dict(loaded.model)
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
+    with output_folder(out) as tmp:
         save_hf_folder(weights, tmp, source_dir=base, config=loaded.model.config, max_shard_size=max_shard_size,
                        config_updates=updates)
-        if out.exists():
-            out.rmdir()  # _check_output allowed only an empty folder
-        os.rename(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 
