@@ -41,12 +41,12 @@ def test_bare_name_comes_from_the_running_recipe():
         def __init__(self, x=1):
             self.x = x
 
-    set_recipe_namespace({"Local": Local})
+    set_recipe_namespace({"__name__": __name__, "Local": Local})
     try:
         assert instantiate({"_component_": "Local", "x": 3}).x == 3
     finally:
         set_recipe_namespace({})
-    with pytest.raises(ConfigError, match="running recipe defines no 'Local'"):
+    with pytest.raises(ConfigError, match="running recipe defines no class or function 'Local'"):
         instantiate({"_component_": "Local"})
 
 

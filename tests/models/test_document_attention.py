@@ -50,4 +50,6 @@ def test_per_document_attention_equals_the_mask(family, docs, hf_folder, token_i
     mask_out, mask_grads = run()
     torch.testing.assert_close(split_out, mask_out, atol=1e-5, rtol=0)
     for a, b in zip(split_grads, mask_grads, strict=True):
-        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+        # Summed in another order; how far that moves a gradient depends on the CPU's kernels
+        # (1.3e-5 seen on a gradient of 0.02 with AVX-512), so the bound scales with the gradient.
+        torch.testing.assert_close(a, b, atol=1e-3 * float(b.abs().max()), rtol=1e-4)
