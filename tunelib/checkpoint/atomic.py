@@ -60,9 +60,14 @@ def atomic_folder(final: Path, *, step: int, is_final: bool, dist=None) -> Itera
             raise failure
         raise OSError(f"another rank could not write its part of {final}")
     if main:
-        _write_marker(tmp, step, is_final)
-        _sync_tree(tmp)
-        _swap_into_place(tmp, final)
+        try:
+            _write_marker(tmp, step, is_final)
+            _sync_tree(tmp)
+            _swap_into_place(tmp, final)
+        except BaseException:
+            # A full disk at the marker or the fsync: the unmarked copy must not keep the space.
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
     _barrier(dist)
 
 
@@ -133,7 +138,11 @@ def _swap_into_place(tmp: Path, final: Path) -> None:
         if old.exists():
             shutil.rmtree(old)
         os.rename(final, old)
-        os.rename(tmp, final)
+        try:
+            os.rename(tmp, final)
+        except OSError:
+            os.rename(old, final)  # the caller removes tmp; the previous copy stays where it was
+            raise
         shutil.rmtree(old)
     else:
         os.rename(tmp, final)

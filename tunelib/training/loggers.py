@@ -13,7 +13,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from tunelib.errors import ConfigError
+from tunelib.checkpoint.writes import replace_text
+from tunelib.errors import ConfigError, TrainingStopped
 
 
 class JSONLLogger:
@@ -25,17 +26,56 @@ class JSONLLogger:
         self._file = None
 
     def resume(self, step: int) -> None:
-        """Drop lines after `step`: a run resumed from step N logs N+1.. again."""
+        """Keep only the lines of steps up to `step` (none for 0): a run resumed from step N logs N+1.. once.
+
+        A line cut short (a kill or a full disk in the middle of a write) is dropped, and said so.
+        The file is replaced whole, so a failure here leaves it as it was.
+
+        Raises:
+            ConfigError: the file cannot be rewritten (full disk, permissions).
+        """
         if not self.path.exists():
             return
-        kept = [line for line in self.path.read_text().splitlines() if line and json.loads(line).get("step", 0) <= step]
-        self.path.write_text("".join(line + "\n" for line in kept))
+        kept, torn = [], 0
+        for line in self.path.read_text(encoding="utf-8", errors="replace").splitlines():
+            row = _row(line)
+            if row is None:
+                torn += bool(line.strip())
+            elif row.get("step", 0) <= step:
+                kept.append(line)
+        if torn:
+            print(f"Dropped {torn} unreadable line(s) of {self.path} (a write cut short)", flush=True)
+        try:
+            replace_text(self.path, "".join(line + "\n" for line in kept))
+        except OSError as e:
+            raise ConfigError(f"cannot rewrite {self.path} for the resume: {e.strerror or e}; free space "
+                              "(or fix permissions) and rerun") from None
 
     def log(self, step: int, metrics: dict[str, Any]) -> None:
-        if self._file is None:
-            self._file = open(self.path, "a")
-        self._file.write(json.dumps({"step": step, **metrics}) + "\n")
-        self._file.flush()
+        """Append one line.
+
+        Raises:
+            TrainingStopped: the line cannot be written (full disk, permissions).
+        """
+        try:
+            if self._file is None:
+                self._file = open(self.path, "a")
+            self._file.write(json.dumps({"step": step, **metrics}) + "\n")
+            self._file.flush()
+        except OSError as e:
+            self._discard()
+            raise TrainingStopped(f"cannot write metrics to {self.path} at step {step}: {e.strerror or e}; "
+                                  "free space (or fix permissions), then rerun with resume_from_checkpoint=True "
+                                  "to continue from the last checkpoint") from None
+
+    def _discard(self) -> None:
+        # What the failed write left in the buffer would fail again at close.
+        if self._file is not None:
+            try:
+                self._file.close()
+            except OSError:
+                pass
+            self._file = None
 
     def log_config(self, config: dict) -> None:
         pass  # the recipe writes config.yaml beside the metrics
@@ -131,6 +171,15 @@ class MetricLoggers:
     def close(self) -> None:
         for logger in self.loggers:
             logger.close()
+
+
+def _row(line: str) -> dict | None:
+    """A JSONL line as a dict, or None when it is not one (cut short, or not ours)."""
+    try:
+        row = json.loads(line)
+    except ValueError:
+        return None
+    return row if isinstance(row, dict) else None
 
 
 def _fmt(value: Any) -> str:
