@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from tunelib.config.rules import device_problems, seed_problems
 from tunelib.config.schema import REQUIRED, setting
 from tunelib.errors import ConfigError
 
@@ -47,6 +48,11 @@ class EvalSettings:
     seed: int = setting(1234, "Seed of lm-eval's sampling of few-shot examples and of any sampled generation.")
     device: str = setting("auto", "cuda, cpu, cuda:N or auto (cuda when available).")
     dtype: Literal["auto", "fp32", "bf16", "fp16"] = setting("auto", "Weights' precision; auto keeps the checkpoint's (fp16 becomes fp32 on CPU).")
+
+    @classmethod
+    def value_problems(cls, cfg: dict) -> list[str]:
+        """The seed's range and a device torch knows, checked with the config so `tune validate` sees them too."""
+        return seed_problems(cfg) + device_problems(cfg)
 
 
 SCHEMA = EvalSettings

@@ -16,6 +16,7 @@ import sys
 from dataclasses import dataclass
 from typing import Literal
 
+from tunelib.config.rules import device_problems, seed_problems
 from tunelib.config.schema import REQUIRED, setting
 from tunelib.errors import ConfigError
 from tunelib.generation import Generator, Sampling, load_model, seeded_rng, stream_reply
@@ -46,6 +47,11 @@ class GenerateSettings:
     seed: int | None = setting(None, "Random seed; null picks one and prints it.")
     device: str = setting("auto", "cuda, cpu, cuda:N or auto (cuda when available).")
     dtype: Literal["auto", "fp32", "bf16", "fp16"] = setting("auto", "Weights' precision; auto keeps the checkpoint's (fp16 becomes fp32 on CPU).")
+
+    @classmethod
+    def value_problems(cls, cfg: dict) -> list[str]:
+        """The seed's range and a device torch knows, checked with the config so `tune validate` sees them too."""
+        return seed_problems(cfg) + device_problems(cfg)
 
 
 SCHEMA = GenerateSettings

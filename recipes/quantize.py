@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from tunelib.config.rules import device_problems
 from tunelib.config.schema import REQUIRED, setting
 from tunelib.errors import ConfigError
 
@@ -39,6 +40,11 @@ class QuantizeSettings:
     device: str = setting("auto", "Where to quantize: cuda, cpu, cuda:N or auto (cuda when available).")
     dtype: Literal["auto", "fp32", "bf16", "fp16"] = setting("auto", "Precision of the unquantized parts and of the computation (int4: bf16).")
     max_shard_size: int = setting(5 * 1024**3, "Largest safetensors file, in bytes.")
+
+    @classmethod
+    def value_problems(cls, cfg: dict) -> list[str]:
+        """A device torch knows, checked with the config so `tune validate` sees it too."""
+        return device_problems(cfg)
 
 
 SCHEMA = QuantizeSettings

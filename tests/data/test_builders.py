@@ -128,7 +128,8 @@ def test_row_missing_a_field_names_the_row_and_field(plain, tmp_path):
     rows = [dict(r) for r in ALPACA_ROWS]
     del rows[3]["output"]
     path = write_rows(tmp_path / "broken.jsonl", rows)
-    with pytest.raises(DataError, match=r"row 3 of .*broken.jsonl has no value for field 'output'") as e:
+    # Row 3 of the file is its line 4, the line an editor shows.
+    with pytest.raises(DataError, match=r"line 4 of .*broken.jsonl has no value for field 'output'") as e:
         D.alpaca_dataset(plain, source="json", data_files=str(path))
     assert "\n" not in str(e.value)
 
@@ -144,11 +145,11 @@ def test_missing_column_says_how_to_map_it(plain, tmp_path):
 def test_bad_conversations_name_row_and_turn(llama3, tmp_path):
     rows = [SHAREGPT_ROWS[1], {"conversations": [{"from": "human", "value": "x"}, {"from": "bot", "value": "y"}]}]
     path = write_rows(tmp_path / "chat.jsonl", rows)
-    with pytest.raises(DataError, match=r"row 1 of .*turn 1 has from='bot'; use one of"):
+    with pytest.raises(DataError, match=r"line 2 of .*turn 1 has from='bot'; use one of"):
         D.chat_dataset(llama3, source="json", data_files=str(path))
     rows = [{"messages": [{"role": "user", "content": "x"}, {"role": "assistant"}]}]
     path = write_rows(tmp_path / "chat2.jsonl", rows)
-    with pytest.raises(DataError, match=r"row 0 of .*turn 1 has no field 'content'"):
+    with pytest.raises(DataError, match=r"line 1 of .*turn 1 has no field 'content'"):
         D.chat_dataset(llama3, source="json", data_files=str(path))
 
 
@@ -189,7 +190,7 @@ def test_token_ids_beyond_the_model_vocabulary_stop_with_the_id(plain, tmp_path)
     D.check_token_ids(ds, plain.vocab_size)  # fine
     largest = max(max(ds[i]["tokens"]) for i in range(len(ds)))
     first_row = next(i for i in range(len(ds)) if largest in ds[i]["tokens"])
-    with pytest.raises(DataError, match=rf"row {first_row} of .* has token id {largest}, but the model's "
+    with pytest.raises(DataError, match=rf"line {first_row + 1} of .* has token id {largest}, but the model's "
                                         rf"vocabulary has {largest} ids"):
         D.check_token_ids(ds, largest)
     packed = D.build_loader(ds, batch_size=1, packed=True, max_seq_len=256).dataset
@@ -204,7 +205,7 @@ def test_token_ids_beyond_the_model_vocabulary_stop_with_the_id(plain, tmp_path)
     ({"source": "json"}, "needs dataset.data_files"),
     ({"source": "json", "data_files": "{file}", "split": "validation"}, "Unknown split.*set dataset.split"),
     ({"source": "json", "data_files": "{file}", "streaming": True}, "streaming=True is not supported"),
-    ({"source": "json", "data_files": "{bad}"}, "could not be read.*fix the file"),
+    ({"source": "json", "data_files": "{bad}"}, "bad.jsonl could not be read: line 2 is not valid JSON"),
 ])
 def test_unusable_sources_are_one_line_errors(plain, tmp_path, kwargs, message):
     good = write_rows(tmp_path / "good.jsonl", ALPACA_ROWS)
@@ -221,7 +222,7 @@ def test_template_errors_name_the_row(tokenizer_folders, tmp_path):
 
     gemma = T.from_pretrained(tokenizer_folders("gemma").folder, max_seq_len=256)  # no system role
     path = write_rows(tmp_path / "chat.jsonl", SHAREGPT_ROWS)
-    with pytest.raises(DataError, match="row 0 of .*chat template rejected.*System role not supported"):
+    with pytest.raises(DataError, match="line 1 of .*chat template rejected.*System role not supported"):
         D.chat_dataset(gemma, source="json", data_files=str(path))
 
 

@@ -61,7 +61,15 @@ def tasks(tmp_path):
 
 @pytest.fixture
 def no_network(monkeypatch):
-    """Any attempt to open a connection fails the test: nothing may be downloaded."""
+    """Any attempt to open a connection fails the test: nothing may be downloaded. The Hub's
+    client is in offline mode too, as HF_HUB_OFFLINE=1 puts it, so tune does not check whether
+    the Hub can be reached (that check would be a connection)."""
+    import datasets.config
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+
     def refuse(*args, **kwargs):
         raise AssertionError(f"network access attempted: {args}")
 

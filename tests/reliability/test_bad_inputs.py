@@ -89,6 +89,24 @@ def _corrupt_tokenizer_json(copy: Path) -> None:
     (copy / "tokenizer.json").write_text('{"version": "1.0", "model": {"type": "BPE", "vocab": ')
 
 
+def _edit_config(edit: Callable[[dict], object]) -> Callable[[Path], None]:
+    """Damage a copy's config.json: `edit(config)` returns what the file holds instead."""
+
+    def damage(copy: Path) -> None:
+        config = json.loads((copy / "config.json").read_text())
+        (copy / "config.json").write_text(json.dumps(edit(config)))
+
+    return damage
+
+
+def _int32_weights(copy: Path) -> None:
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    weights = {k: (v * 100).to(torch.int32) for k, v in load_file(copy / "model.safetensors").items()}
+    save_file(weights, copy / "model.safetensors", metadata={"format": "pt"})
+
+
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory) -> Inputs:
     root = tmp_path_factory.mktemp("bad_inputs")
@@ -99,6 +117,9 @@ def inputs(tmp_path_factory) -> Inputs:
     _broken_copy(inputs, "unsupported_architecture", _unsupported_architecture)
     _broken_copy(inputs, "truncated_weights", _truncated_weights)
     _broken_copy(inputs, "corrupt_tokenizer_json", _corrupt_tokenizer_json)
+    _broken_copy(inputs, "string_hidden_size", _edit_config(lambda config: {**config, "hidden_size": "64"}))
+    _broken_copy(inputs, "config_json_list", _edit_config(lambda config: [config]))
+    _broken_copy(inputs, "int32_weights", _int32_weights)
     # The Llama 3 tokenizer has 768 ids; this model's embedding table only 300.
     inputs.broken["small_vocab"] = tiny_model_folder(root / "small_vocab", "llama3_2", vocab_size=300)
     return inputs
@@ -181,9 +202,72 @@ def _copy_run(*, drop: tuple[str, ...] = ()) -> Callable[[Env], None]:
     return prepare
 
 
+def _final_without_state(env: Env) -> None:
+    _copy_run()(env)
+    (env.out / "final/training_state.pt").unlink()  # as tunelib wrote final/ before it kept one
+
+
 def _unmark(env: Env) -> None:
     _copy_run()(env)
     (env.out / "step_2/tunelib_complete.json").unlink()  # as if the save had been cut short
+
+
+def _damage(path: str, damage: Callable[[Path], None], *, drop: tuple[str, ...] = ("step_4", "final")):
+    """Prepare output_dir as the finished run less `drop`, then damage the file at `path` in it."""
+
+    def prepare(env: Env) -> None:
+        _copy_run(drop=drop)(env)
+        damage(env.out / path)
+
+    return prepare
+
+
+def _cut_in_half(file: Path) -> None:
+    data = file.read_bytes()
+    file.write_bytes(data[: len(data) // 2])  # an interrupted copy
+
+
+def _garbage(file: Path) -> None:
+    file.write_bytes(bytes(range(256)) * 8)
+
+
+def _rank_null(file: Path) -> None:
+    file.write_text(json.dumps({**json.loads(file.read_text()), "r": None}))
+
+
+def _damaged_adapter(env: Env, damage: Callable[[Path], None], name: str) -> Path:
+    """A copy of the finished run's final adapter with `name` in it damaged."""
+    adapter = env.tmp / "adapter"
+    shutil.copytree(env.inputs.run / "final" / "adapter", adapter)
+    damage(adapter / name)
+    return adapter
+
+
+def _generate(env: Env, adapter: Path) -> list[str]:
+    return ["run", "generate", "--config", "generation", f"checkpoint_dir={env.folder}", f"adapter_dir={adapter}",
+            "prompt=Hi", "max_new_tokens=2", "device=cpu"]
+
+
+def _data_file(name: str, lines: list[str | bytes]) -> Callable[[Env], None]:
+    """Prepare a data file of `lines` (text, or bytes that need not be UTF-8) in the test's folder."""
+
+    def prepare(env: Env) -> None:
+        data = b"".join((line if isinstance(line, bytes) else line.encode()) + b"\n" for line in lines)
+        (env.tmp / name).write_bytes(data)
+
+    return prepare
+
+
+ROW_LINES = [json.dumps(row) for row in ROWS[:6]]
+
+
+def _chat_rows() -> list[str]:
+    rows = [{"messages": [{"role": "user", "content": r["instruction"]}, {"role": "assistant", "content": r["output"]}]}
+            for r in ROWS[:6]]
+    rows[2]["messages"][1]["content"] = 10  # a number where the answer's text belongs, on line 3
+    # Line 1's answer is the text "7", which datasets reads as a number once the column mixes
+    # types: the line to name is still 3.
+    return [json.dumps(row) for row in rows]
 
 
 def _write_config(env: Env, extra: str) -> Path:
@@ -259,6 +343,25 @@ CASES = [
          "lora_attn_modules: unknown module 'x_proj' (did you mean 'v_proj'?)"),
     Case("nf4_on_weights_too_small", lambda e: e.train(LORA, "model.quantize_base=True"),
          ("quantize_base:", "torchao's NF4 needs a 2-D weight whose size is a multiple of")),
+    # Values the schema range-checks, so `tune validate` refuses them as `tune run` does.
+    Case("device_foo", lambda e: e.train(LORA, "device=foo"), "device='foo'; use auto, cpu, cuda or cuda:N"),
+    Case("negative_seed", lambda e: e.train(LORA, "seed=-1"),
+         "seed=-1; use a whole number from 0 to 4294967295, or null for a random one"),
+    Case("seed_beyond_2_32_in_validate", lambda e: ["validate", LORA[1], f"seed={2**70}"],
+         f"seed={2**70}; use a whole number from 0 to 4294967295"),
+    Case("negative_warmup_in_validate", lambda e: ["validate", LORA[1], "lr_scheduler.num_warmup_steps=-5"],
+         "lr_scheduler.num_warmup_steps=-5; use 0 or more"),
+    # Run from the test's own folder, which must stay as it was: "" would be the working directory.
+    Case("empty_output_dir", lambda e: e.train(LORA, "output_dir="),
+         "output_dir is empty, which means the current folder; give the folder's path",
+         patch=lambda mp, e: mp.chdir(e.tmp), guard=lambda e: [e.tmp]),
+    Case("nested_key_under_a_value_in_validate", lambda e: ["validate", LORA[1], "optimizer.lr.foo=1"],
+         ("optimizer.lr is ", "a single value, so it has no key 'foo'; set it with optimizer.lr=VALUE")),
+    Case("recipe_file_with_a_syntax_error",
+         lambda e: ["run", str(e.tmp / "my_recipe.py"), "--config", LORA[1],
+                    *words(e.folder, e.out, e.inputs.data, ())],
+         ("my_recipe.py, line 2: '(' was never closed", "fix the file"),
+         prepare=lambda e: (e.tmp / "my_recipe.py").write_text('def main(cfg):\n    print("hi"\n')),
     Case("optimizer_in_bwd_with_accumulation",
          lambda e: e.train(FULL, "optimizer._component_=torch.optim.AdamW", "optimizer_in_bwd=True",
                            "gradient_accumulation_steps=2"),
@@ -278,6 +381,14 @@ CASES = [
          "describes MambaForCausalLM, which tunelib does not support"),
     Case("truncated_safetensors", lambda e: e.train(LORA, f"checkpoint_dir={e.broken('truncated_weights')}"),
          ("cannot read", "model.safetensors", "damaged or incomplete")),
+    Case("config_json_hidden_size_is_text",
+         lambda e: e.train(LORA, f"checkpoint_dir={e.broken('string_hidden_size')}"),
+         ("config.json (LlamaForCausalLM) cannot be used: hidden_size is '64'", "a whole number of 1 or more")),
+    Case("config_json_is_a_list", lambda e: e.train(LORA, f"checkpoint_dir={e.broken('config_json_list')}"),
+         "config_json_list/config.json must hold a JSON object ({...}), not a list"),
+    Case("int32_weights", lambda e: e.train(LORA, f"checkpoint_dir={e.broken('int32_weights')}"),
+         ("weight 'model.embed_tokens.weight' is int32, but the model needs floating-point weights",
+          "use the original model's safetensors")),
     Case("output_dir_under_a_file", lambda e: e.train(LORA, f"output_dir={e.tmp / 'notes.txt' / 'out'}"),
          "notes.txt/out is not writable: Not a directory",
          prepare=lambda e: (e.tmp / "notes.txt").write_text("a file, not a folder"),
@@ -300,8 +411,25 @@ CASES = [
     Case("empty_dataset", lambda e: e.train(LORA, f"dataset.data_files={e.tmp / 'empty.jsonl'}"),
          "empty.jsonl is empty: it has no rows", prepare=lambda e: (e.tmp / "empty.jsonl").write_text("")),
     Case("row_missing_its_output", lambda e: e.train(LORA, f"dataset.data_files={e.tmp / 'rows.jsonl'}"),
-         ("row 3 of", "rows.jsonl has no value for field 'output'"),
+         ("line 4 of", "rows.jsonl has no value for field 'output'"),
          prepare=lambda e: write_rows(e.tmp / "rows.jsonl", [*ROWS[:3], {"instruction": "Hi", "input": ""}])),
+    # In a process of its own, so that a line `datasets` logs itself would be seen too.
+    Case("malformed_jsonl_line", lambda e: e.train(LORA, f"dataset.data_files={e.tmp / 'rows.jsonl'}"),
+         "rows.jsonl could not be read: line 3 is not valid JSON: Expecting ',' delimiter (column 77)",
+         prepare=_data_file("rows.jsonl", [*ROW_LINES[:2], ROW_LINES[2][:-1], *ROW_LINES[3:]]), subprocess=True),
+    Case("data_file_not_utf8", lambda e: e.train(LORA, f"dataset.data_files={e.tmp / 'rows.jsonl'}"),
+         ("rows.jsonl could not be read: line 2 is not UTF-8 text (byte 0xff", "save the file as UTF-8"),
+         prepare=_data_file("rows.jsonl", [ROW_LINES[0], ROW_LINES[1].encode().replace(b"tac", b"t\xffc"),
+                                            *ROW_LINES[2:]])),
+    Case("number_where_text_is_expected",
+         lambda e: e.train(LORA, "dataset._component_=tunelib.data.chat_dataset",
+                           f"dataset.data_files={e.tmp / 'chat.jsonl'}"),
+         ("line 3 of", "chat.jsonl, column 'messages', turn 1 has content of type int; expected text"),
+         prepare=_data_file("chat.jsonl", _chat_rows())),
+    Case("gradient_accumulation_steps_beyond_the_data",
+         lambda e: e.train(LORA, "gradient_accumulation_steps=20", "max_steps_per_epoch=null"),
+         ("gradient_accumulation_steps=20, but the data gives only 16 batches of 2 per epoch",
+          "no optimizer step would run; set gradient_accumulation_steps=16 or less")),
     Case("data_file_missing", lambda e: e.train(LORA, f"dataset.data_files={e.tmp / 'trian.jsonl'}"),
          ("trian.jsonl", "check dataset.source and dataset.data_files")),
     Case("misspelled_dataset_key", lambda e: e.train(LORA, f"dataset.data_filse={e.inputs.data}"),
@@ -327,9 +455,41 @@ CASES = [
          lambda e: e.train(LORA, *RUN, f"resume_from_checkpoint={e.out / 'step_2'}", "batch_size=1"),
          "batch_size 2 -> 1 changed, so the saved position in the data no longer applies",
          prepare=_copy_run(), needs_run=True),
-    Case("resume_after_the_run_finished",
-         lambda e: e.train(LORA, *RUN, "resume_from_checkpoint=True"),
-         "final is the end of a finished run; nothing is left to resume", prepare=_copy_run(), needs_run=True),
+    Case("truncated_adapter_on_resume", lambda e: e.train(LORA, *RUN, "resume_from_checkpoint=True"),
+         ("cannot read", "step_2/adapter/adapter_model.safetensors", "the file is damaged or incomplete"),
+         prepare=_damage("step_2/adapter/adapter_model.safetensors", _cut_in_half), needs_run=True),
+    Case("adapter_config_rank_null_on_resume", lambda e: e.train(LORA, *RUN, "resume_from_checkpoint=True"),
+         "step_2/adapter/adapter_config.json: r is null; it must be the adapter's rank, a whole number of 1 or more",
+         prepare=_damage("step_2/adapter/adapter_config.json", _rank_null), needs_run=True),
+    Case("garbage_training_state", lambda e: e.train(LORA, *RUN, "resume_from_checkpoint=True"),
+         ("step_2/training_state.pt: it is not a pickle of tensors; the file is damaged or not a torch file"),
+         prepare=_damage("step_2/training_state.pt", _garbage), needs_run=True),
+    Case("truncated_training_state", lambda e: e.train(LORA, *RUN, "resume_from_checkpoint=True"),
+         ("step_2/training_state.pt: PytorchStreamReader failed reading zip archive: failed finding central "
+          "directory; the file is damaged"),
+         prepare=_damage("step_2/training_state.pt", _cut_in_half), needs_run=True),
+    Case("adapter_config_rank_null_in_generate",
+         lambda e: _generate(e, _damaged_adapter(e, _rank_null, "adapter_config.json")),
+         "adapter/adapter_config.json: r is null", needs_run=True),
+    Case("adapter_config_rank_null_in_chat",
+         lambda e: ["chat", str(e.folder), "--adapter", str(_damaged_adapter(e, _rank_null, "adapter_config.json")),
+                    "--device", "cpu"],
+         "adapter/adapter_config.json: r is null", needs_run=True),
+    Case("truncated_adapter_in_generate",
+         lambda e: _generate(e, _damaged_adapter(e, _cut_in_half, "adapter_model.safetensors")),
+         ("cannot read", "adapter/adapter_model.safetensors", "damaged or incomplete"), needs_run=True),
+    Case("truncated_adapter_in_merge_lora",
+         lambda e: ["merge_lora", "--adapter", str(_damaged_adapter(e, _cut_in_half, "adapter_model.safetensors")),
+                    "--base", str(e.folder), "--output-dir", str(e.out / "merged")],
+         ("cannot read", "adapter/adapter_model.safetensors", "damaged or incomplete"), needs_run=True),
+    Case("final_without_training_state",
+         lambda e: e.train(LORA, *RUN, "max_steps_per_epoch=8", "resume_from_checkpoint=True"),
+         ("final has no training state (tunelib kept none with the final model before), so the finished run "
+          "cannot be extended from it; set resume_from_checkpoint=", "step_4 to continue from its last step checkpoint"),
+         prepare=_final_without_state, needs_run=True),
+    Case("dtype_changed_on_resume",
+         lambda e: e.train(LORA, *RUN, f"resume_from_checkpoint={e.out / 'step_2'}", "dtype=bf16"),
+         ("cannot resume from", "step_2: dtype 'fp32' -> 'bf16' changed"), prepare=_copy_run(), needs_run=True),
 ]
 
 
@@ -412,7 +572,7 @@ def test_bad_input_gets_one_line_the_right_code_and_keeps_earlier_files(case, in
 
 def test_the_catalogue_is_large_and_each_case_named_once():
     ids = [c.id for c in CASES]
-    assert len(ids) == len(set(ids)) and len(ids) >= 32
+    assert len(ids) == len(set(ids)) and len(ids) >= 60
 
 
 def test_docs_troubleshooting_explains_every_case():

@@ -148,6 +148,10 @@ def _check(slots: _Slots, name: str, tensor: torch.Tensor, path: Path) -> None:
     if tensor.shape != target.shape:
         raise CheckpointError(f"{path.name}: weight '{name}' has shape {_shape(tensor)} but the model expects "
                               f"{_shape(target)}; is {path.parent}/config.json the config of these weights?")
+    if target.is_floating_point() and not tensor.is_floating_point():
+        raise CheckpointError(f"{path.name}: weight '{name}' is {str(tensor.dtype).removeprefix('torch.')}, but "
+                              "the model needs floating-point weights (bf16, fp16 or fp32); the file holds quantized "
+                              "or converted integers: use the original model's safetensors")
 
 
 def _check_complete(slots: _Slots, ignore_missing, folder: Path) -> None:

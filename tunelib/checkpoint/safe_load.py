@@ -40,11 +40,24 @@ def load_weights_only(path: str | Path, *, mmap: bool = False) -> Any:
     except pickle.UnpicklingError as e:
         # torch's first line is generic advice to retry unsafely; the refused name is the useful part.
         found = re.search(r"GLOBAL ([\w.]+)", str(e))
-        what = f" ({found.group(1)})" if found else ""
-        raise CheckpointError(f"refused to load {path}: it is a pickle that would run Python code{what}; "
-                              "tunelib loads only tensors and plain values from .pt/.bin files, so nothing in "
-                              "it was run; use safetensors weights, or a checkpoint tunelib wrote") from None
+        if found is None:  # random bytes fail the same unpickler without naming anything to call
+            raise _damaged(path, "it is not a pickle of tensors") from None
+        raise CheckpointError(f"refused to load {path}: it is a pickle that would run Python code "
+                              f"({found.group(1)}); tunelib loads only tensors and plain values from .pt/.bin "
+                              "files, so nothing in it was run; use safetensors weights, or a checkpoint "
+                              "tunelib wrote") from None
     except (RuntimeError, EOFError, OSError, ValueError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"cannot read {path}: {first}; the file is damaged or not a torch file "
-                              "(download or copy it again)") from None
+        raise _damaged(path, _first_sentence(e)) from None
+
+
+def _damaged(path: Path, reason: str) -> CheckpointError:
+    return CheckpointError(f"cannot read {path}: {reason}; the file is damaged or not a torch file "
+                           "(download or copy it again)")
+
+
+def _first_sentence(error: BaseException) -> str:
+    # torch appends paragraphs of advice to a damaged zip's message; the first sentence says what failed.
+    text = str(error).strip()
+    if not text:
+        return type(error).__name__
+    return text.splitlines()[0].split(". ")[0].rstrip(".")

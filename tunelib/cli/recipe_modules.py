@@ -26,13 +26,22 @@ def recipe_path(name_or_path: str) -> Path:
 
 
 def load(path: Path) -> ModuleType:
-    """Import a recipe file without running its `__main__` block or touching sys.path."""
+    """Import a recipe file without running its `__main__` block or touching sys.path.
+
+    Raises:
+        ConfigError: the file is not valid Python (the message names the line).
+    """
     shipped = importlib.util.find_spec(f"tunelib.recipes.{path.stem}")
     if shipped is not None and shipped.origin and Path(shipped.origin).resolve() == path.resolve():
         return importlib.import_module(f"tunelib.recipes.{path.stem}")
     spec = importlib.util.spec_from_file_location(f"tune_recipe_{path.stem}", path)
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    try:
+        spec.loader.exec_module(module)
+    except SyntaxError as e:  # a user's recipe that does not parse; errors it raises when run stay tracebacks
+        where = e.filename or path  # the recipe, or a module of the user's it imports
+        raise ConfigError(f"recipe file {where}, line {e.lineno}: {e.msg}; fix the file "
+                          f"(python -m py_compile {where} shows the same)") from None
     return module
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+import os
 from pathlib import Path
 
 from tunelib.errors import ConfigError
@@ -52,7 +54,7 @@ def load_yaml(path: str | Path):
     if path.suffix not in (".yaml", ".yml"):
         raise ConfigError(f"config {path} must be a YAML file (.yaml or .yml)")
     try:
-        cfg = OmegaConf.load(path)
+        cfg = OmegaConf.load(path, **_node_limit())
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -64,6 +66,23 @@ def load_yaml(path: str | Path):
     if not isinstance(cfg, DictConfig):
         raise ConfigError(f"{path}: the top level of a config must be a mapping of keys to values")
     return cfg
+
+
+# omegaconf >= 2.4 refuses a file of more than 10,000 YAML nodes, counting every node and not
+# only those that aliases repeat, so a plain list of 12,000 data files was "malformed". Its
+# separate guard against alias bombs (aliases that multiply the nodes 100-fold) stays on.
+MAX_YAML_NODES = 10_000_000
+
+
+def _node_limit() -> dict:
+    """OmegaConf.load's node limit, where this omegaconf has one and the user has not set it."""
+    from omegaconf import OmegaConf
+
+    if "max_yaml_expanded_nodes" not in inspect.signature(OmegaConf.load).parameters:
+        return {}
+    if os.environ.get("OMEGACONF_MAX_YAML_EXPANDED_NODES"):
+        return {}
+    return {"max_yaml_expanded_nodes": MAX_YAML_NODES}
 
 
 def _first_line(e: Exception) -> str:

@@ -93,6 +93,7 @@ def apply_overrides(cfg, overrides: list[Override], schema: type | None) -> None
         if ov.op == "remove":
             _remove(cfg, ov)
             continue
+        _check_parents(cfg, ov)
         annotation = None if ov.op == "add" else _known(cfg, ov.key, schema)
         value = parse_value(ov.raw, annotation)
         node = OmegaConf.select(cfg, ov.key, throw_on_missing=False)
@@ -100,6 +101,20 @@ def apply_overrides(cfg, overrides: list[Override], schema: type | None) -> None
             OmegaConf.update(cfg, ov.key + "._component_", value, merge=False)
         else:
             OmegaConf.update(cfg, ov.key, value, merge=False, force_add=True)
+
+
+def _check_parents(cfg, ov: Override) -> None:
+    """Refuse `optimizer.lr.foo=1` when optimizer.lr holds one value: OmegaConf would quietly
+    turn it into a group of keys, which the checks might not see."""
+    from omegaconf import Container, OmegaConf
+
+    parts = ov.key.split(".")
+    for depth in range(1, len(parts)):
+        parent = ".".join(parts[:depth])
+        node = OmegaConf.select(cfg, parent, throw_on_missing=False, throw_on_resolution_failure=False)
+        if node is not None and not isinstance(node, Container):
+            raise ConfigError(f"'{ov.text}': {parent} is {node!r}, a single value, so it has no key "
+                              f"'{parts[depth]}'; set it with {parent}=VALUE")
 
 
 def _remove(cfg, ov: Override) -> None:

@@ -17,6 +17,7 @@ from tunelib.data.messages import (
     with_masks,
 )
 from tunelib.data.prompts import alpaca_prompt
+from tunelib.data.rows import RowError, RowNames
 from tunelib.data.sources import describe_source, load_source
 from tunelib.data.tokenized import tokenize_dataset
 from tunelib.errors import DataError
@@ -155,7 +156,10 @@ def chat_dataset(
                 first = turns[0] if isinstance(turns, list) and turns and isinstance(turns[0], dict) else {}
                 style = "sharegpt" if "from" in first else "openai"
             to_messages = sharegpt_to_messages if style == "sharegpt" else openai_to_messages
-            messages = to_messages(turns, f"row {index} of {name}, column {column!r}")
+            try:
+                messages = to_messages(turns, f"column {column!r}")
+            except DataError as e:
+                raise RowError(index, name, f", {e}") from None
             return with_masks(add_system_prompt(messages, new_system_prompt), train_on_input)
 
         return convert, [column]
@@ -209,11 +213,43 @@ def _text(row: dict, column: str, index: int, name: str, required: bool = True) 
     if value is None:
         if not required:
             return ""
-        raise DataError(f"row {index} of {name} has no value for field {column!r}; fix the row or "
-                        "drop such rows with dataset.filter_fn")
+        raise RowError(index, name, f" has no value for field {column!r}; fix the row or "
+                       "drop such rows with dataset.filter_fn")
     if isinstance(value, (str, int, float)) and not isinstance(value, bool):
         return str(value)
-    raise DataError(f"row {index} of {name}: field {column!r} is a {type(value).__name__}, expected text")
+    raise RowError(index, name, f": field {column!r} is a {type(value).__name__}, expected text")
+
+
+def _first_prompt(raw, convert, dataset, name: str) -> str | None:
+    """The user's last message in the first row trained on (None for plain text), so a run can
+    end by suggesting a prompt its model has learned to answer."""
+    index = dataset.source_index(0)
+    converted = convert(raw[index], index, name)
+    if not isinstance(converted, list):
+        return None
+    users = [m.content for m in converted if m.role == "user" and isinstance(m.content, str)]
+    return users[-1] if users else None
+
+
+def _as_in_file(convert, rows: RowNames):
+    """`convert(row, index, name)`, retried on the row as its JSON Lines file holds it when it fails.
+
+    datasets reads a field whose type varies between rows (text here, a number there) as JSON
+    texts, and then turns a string that looks like JSON ("7", "true", "null") into a number, a
+    bool or None: the text "7" would be refused as a number, and the row blamed would be the
+    wrong one. The file says what the row really holds.
+    """
+
+    def convert_row(row: dict, index: int, name: str):
+        try:
+            return convert(row, index, name)
+        except RowError:
+            original = rows.as_in_file(index)
+            if original is None or original == row:
+                raise
+            return convert(original, index, name)
+
+    return convert_row
 
 
 def _build(tokenizer, kind, source, split, load_kwargs, filter_fn, prepare, *, packed, weight,
@@ -238,11 +274,15 @@ def _build(tokenizer, kind, source, split, load_kwargs, filter_fn, prepare, *, p
         )
     if filter_fn is not None:
         raw = raw.filter(filter_fn, desc=f"Filtering {name}")
+    rows = RowNames(source, load_kwargs.get("data_files"), name, split,
+                    line_per_row=filter_fn is None and load_kwargs.get("sample_by", "line") == "line")
+    convert = _as_in_file(convert, rows)
     dataset = tokenize_dataset(
         tokenizer, raw, name=name, convert=lambda row, index: convert(row, index, name),
-        settings={"kind": kind, **settings}, add_eos=add_eos, num_proc=num_proc,
+        settings={"kind": kind, **settings}, add_eos=add_eos, num_proc=num_proc, rows=rows,
     )
     dataset.weight = weight
+    dataset.example_prompt = _first_prompt(raw, convert, dataset, name)
     dataset.summary.log()
     if packed:
         from tunelib.data.packing import PackedDataset

@@ -34,6 +34,8 @@ class ConcatDataset:
         self.lengths = np.concatenate([dataset_lengths(d) for d in self.datasets])
         summaries = [getattr(d, "summary", None) for d in self.datasets]
         self.summary = sum(summaries[1:], summaries[0]) if all(summaries) else None
+        prompts = [getattr(d, "example_prompt", None) for d in self.datasets]
+        self.example_prompt = next((p for p in prompts if p), None)
 
     def __len__(self) -> int:
         return int(self._offsets[-1])

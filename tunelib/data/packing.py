@@ -60,6 +60,7 @@ class PackedDataset:
         self.pad_id = getattr(dataset, "pad_id", None)
         self.weight = getattr(dataset, "weight", None)
         self.summary = getattr(dataset, "summary", None)
+        self.example_prompt = getattr(dataset, "example_prompt", None)
         lengths = dataset_lengths(dataset)
         self.cut = int((lengths > max_seq_len).sum())
         self._starts = plan_packs(lengths, max_seq_len)

@@ -14,6 +14,7 @@ from collections.abc import Callable
 import numpy as np
 
 from tunelib.data.labels import IGNORE_INDEX, shift_labels
+from tunelib.data.rows import RowError
 from tunelib.data.summary import DataSummary
 from tunelib.errors import DataError
 
@@ -23,6 +24,7 @@ KEPT, TRUNCATED, SKIPPED, CUT_AWAY = 0, 1, 2, 3  # CUT_AWAY: truncation left not
 _FORMAT_VERSION = "1"
 
 Convert = Callable[[dict, int], "list | str"]
+RowNamer = Callable[[int], str]  # raw row index -> how messages name it, e.g. "line 7 of train.jsonl"
 
 
 def _tokenize_one(tokenizer, sample, add_eos: bool) -> tuple[list[int], list[bool]]:
@@ -36,17 +38,18 @@ def _tokenize_one(tokenizer, sample, add_eos: bool) -> tuple[list[int], list[boo
     return tokenizer.tokenize_messages(sample, truncate=False)
 
 
-def _batch_fn(tokenizer, convert: Convert, name: str, add_eos: bool):
+def _batch_fn(tokenizer, convert: Convert, rows: RowNamer, add_eos: bool):
     def tokenize(batch: dict[str, list], indices: list[int]) -> dict[str, list]:
         out = {"tokens": [], "labels": [], "status": [], "trained": []}
         columns = list(batch)
         for values, index in zip(zip(*batch.values()), indices):
             row = dict(zip(columns, values))
-            sample = convert(row, index)
             try:
-                ids, mask = _tokenize_one(tokenizer, sample, add_eos)
+                ids, mask = _tokenize_one(tokenizer, convert(row, index), add_eos)
+            except RowError as e:
+                raise DataError(f"{rows(index)}{e.detail}") from None
             except DataError as e:
-                raise DataError(f"row {index} of {name}: {e}") from None
+                raise DataError(f"{rows(index)}: {e}") from None
             status = KEPT
             if tokenizer.max_seq_len is not None and len(ids) > tokenizer.max_seq_len:
                 ids, mask = tokenizer.truncate(ids, mask)
@@ -65,17 +68,20 @@ def _batch_fn(tokenizer, convert: Convert, name: str, add_eos: bool):
 
 
 def tokenize_dataset(tokenizer, raw, *, name: str, convert: Convert, settings: dict,
-                     add_eos: bool = False, num_proc: int | None = None) -> TokenizedDataset:
+                     add_eos: bool = False, num_proc: int | None = None,
+                     rows: RowNamer | None = None) -> TokenizedDataset:
     """Tokenize every row of `raw` (a `datasets.Dataset`) and return the usable ones.
 
     `convert(row, index)` turns a row into a list of Messages or a text, raising DataError
     naming the row and field when the row is unusable. `settings` are the builder's options
     that change the result (they key the cache). With `add_eos`, texts end with EOS.
+    `rows(index)` names a row in error messages (default: "row INDEX of NAME").
     A row with nothing to train on is dropped and counted; a long row is truncated and counted.
     Raises DataError when no row is left.
     """
     import datasets
 
+    rows = rows or _by_index(name)
     key = repr(sorted(settings.items())) + tokenizer.fingerprint + _FORMAT_VERSION + str(add_eos)
     fingerprint = hashlib.sha256((raw._fingerprint + key).encode()).hexdigest()[:32]
     features = datasets.Features({
@@ -85,11 +91,15 @@ def tokenize_dataset(tokenizer, raw, *, name: str, convert: Convert, settings: d
         "trained": datasets.Value("int32"),
     })
     table = raw.map(
-        _batch_fn(tokenizer, convert, name, add_eos), batched=True, batch_size=256, with_indices=True,
+        _batch_fn(tokenizer, convert, rows, add_eos), batched=True, batch_size=256, with_indices=True,
         remove_columns=raw.column_names, features=features, new_fingerprint=fingerprint,
         num_proc=num_proc, desc=f"Tokenizing {name}",
     )
-    return TokenizedDataset(table, name=name, pad_id=tokenizer.pad_id, max_seq_len=tokenizer.max_seq_len)
+    return TokenizedDataset(table, name=name, pad_id=tokenizer.pad_id, max_seq_len=tokenizer.max_seq_len, rows=rows)
+
+
+def _by_index(name: str) -> RowNamer:
+    return lambda index: f"row {index} of {name}"
 
 
 class TokenizedDataset:
@@ -99,11 +109,14 @@ class TokenizedDataset:
     """
 
     packed = False
+    example_prompt: str | None = None  # the first row's user message (set by the builders)
 
-    def __init__(self, table, *, name: str, pad_id: int | None, max_seq_len: int | None, weight=None):
+    def __init__(self, table, *, name: str, pad_id: int | None, max_seq_len: int | None, weight=None,
+                 rows: RowNamer | None = None):
         import pyarrow.compute as pc
 
         self.name = name
+        self.rows = rows or _by_index(name)
         self.pad_id = pad_id
         self.max_seq_len = max_seq_len
         self.weight = weight
@@ -136,7 +149,7 @@ class TokenizedDataset:
         return int(self._rows[i])
 
     def find_token_id(self, limit: int) -> tuple[int, str] | None:
-        """The first token id that is >= `limit` or negative, as (id, "row N of NAME"), or None.
+        """The first token id that is >= `limit` or negative, as (id, where: "line 7 of train.jsonl"), or None.
 
         Runs over the memory-mapped Arrow column, so it is cheap even for a large dataset.
         """
@@ -152,7 +165,7 @@ class TokenizedDataset:
         position = pc.index(bad, True).as_py()
         lengths = pc.list_value_length(column).to_numpy(zero_copy_only=False)
         raw_row = int(np.searchsorted(np.cumsum(lengths), position, side="right"))
-        return flat[position].as_py(), f"row {raw_row} of {self.name}"
+        return flat[position].as_py(), self.rows(raw_row)
 
     def __repr__(self) -> str:
         return f"TokenizedDataset({self.name!r}, rows={len(self)})"

@@ -21,10 +21,11 @@ import torch.nn.functional as F
 from lm_eval.api.model import TemplateLM
 from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 
-from tunelib.errors import ConfigError
+from tunelib.errors import ConfigError, DataError
 from tunelib.generation.generator import Generator
 from tunelib.generation.sampling import Sampling
 from tunelib.generation.stream import TextStream
+from tunelib.hub import go_offline_unless_reachable
 
 
 class TunelibLM(TemplateLM):
@@ -195,10 +196,25 @@ def task_manager(tasks: list[str], include_path: str | None):
 
 def evaluate(lm: TunelibLM, tasks: list[str], *, manager, limit: int | float | None = None,
              num_fewshot: int | None = None, apply_chat_template: bool = False, seed: int = 1234) -> dict:
-    """Run lm-eval's `simple_evaluate` on `lm`; returns its results dict."""
+    """Run lm-eval's `simple_evaluate` on `lm`; returns its results dict.
+
+    Without a connection to the Hugging Face Hub it runs offline: tasks whose data is cached
+    (or local) run, and the others fail at once instead of after the Hub's retries.
+
+    Raises:
+        DataError: a task's data could not be downloaded.
+    """
     import lm_eval
 
-    return lm_eval.simple_evaluate(
-        model=lm, tasks=list(tasks), task_manager=manager, limit=limit, num_fewshot=num_fewshot,
-        apply_chat_template=apply_chat_template, log_samples=False, random_seed=seed,
-        numpy_random_seed=seed, torch_random_seed=seed, fewshot_random_seed=seed)
+    offline = go_offline_unless_reachable()
+    try:
+        return lm_eval.simple_evaluate(
+            model=lm, tasks=list(tasks), task_manager=manager, limit=limit, num_fewshot=num_fewshot,
+            apply_chat_template=apply_chat_template, log_samples=False, random_seed=seed,
+            numpy_random_seed=seed, torch_random_seed=seed, fewshot_random_seed=seed)
+    except ConnectionError as e:
+        fix = ("offline, only cached or local data can be used: run once with network (the datasets cache then "
+               "keeps the data), or point the task's YAML at local files (dataset_path: json, "
+               "dataset_kwargs.data_files)") if offline else "check the network and the task's dataset_path"
+        raise DataError(f"cannot load the data of lm-eval task(s) {', '.join(tasks)}: "
+                        f"{str(e).splitlines()[0]}; {fix}") from None

@@ -13,6 +13,9 @@ from typing import Any
 FULL, SLIDING = "full_attention", "sliding_attention"
 ACTIVATIONS = ("silu", "gelu_pytorch_tanh")
 ROPE_TYPES = ("linear", "llama3")  # plus None: unscaled
+_SIZES = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+          "num_key_value_heads", "head_dim", "sliding_window")
+_MAY_BE_NONE = ("num_key_value_heads", "head_dim", "sliding_window")
 
 
 @dataclass(frozen=True)
@@ -47,6 +50,7 @@ class DecoderConfig:
     layer_types: tuple[str, ...] | None = None  # per layer FULL or SLIDING; None: all use sliding_window
 
     def __post_init__(self):
+        self._check_sizes()  # first: the derived defaults below compute with them
         put = object.__setattr__  # frozen: derived defaults are filled in once, here
         if self.num_key_value_heads is None:
             put(self, "num_key_value_heads", self.num_attention_heads)
@@ -61,6 +65,18 @@ class DecoderConfig:
             put(self, "layer_types", None)
             put(self, "sliding_window", None)
         self._check()
+
+    def _check_sizes(self):
+        # A config.json may hold "64" or null where a size belongs; the layers would fail on it
+        # far from the file.
+        for name in _SIZES:
+            value = getattr(self, name)
+            if value is None and name in _MAY_BE_NONE:
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} is {value!r}; it must be a whole number of 1 or more")
+        if isinstance(self.rms_norm_eps, bool) or not isinstance(self.rms_norm_eps, (int, float)):
+            raise ValueError(f"rms_norm_eps is {self.rms_norm_eps!r}; it must be a number")
 
     def _check(self):
         if self.num_attention_heads % self.num_key_value_heads:

@@ -20,12 +20,13 @@ import json
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
 from tunelib.errors import CheckpointError, ConfigError
 from tunelib.peft.llama_adapter import LlamaAdapterSpec, add_llama_adapter, checked_spec, llama_adapter_spec
 from tunelib.peft.params import adapter_params, lora_modules
+from tunelib.peft.peft_folder import read_safetensors
 
 CONFIG_NAME = "tunelib_llama_adapter.json"
 WEIGHTS_NAME = "tunelib_llama_adapter.safetensors"
@@ -110,7 +111,7 @@ def load_llama_adapter(model: nn.Module, adapter_dir: str | Path) -> nn.Module:
     weights = Path(adapter_dir) / WEIGHTS_NAME
     if not weights.is_file():
         raise CheckpointError(f"{adapter_dir}: no {WEIGHTS_NAME} next to {CONFIG_NAME}")
-    _load_tensors(model, load_file(weights), adapter_dir)
+    _load_tensors(model, read_safetensors(weights), adapter_dir)
     return model
 
 

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -128,9 +129,12 @@ def read_adapter_config(adapter_dir: str | Path) -> dict:
     if not path.is_file():
         raise CheckpointError(f"{adapter_dir}: no {CONFIG_NAME}; pass a PEFT adapter folder")
     try:
-        config = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CheckpointError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{path} must hold a JSON object, not a {type(config).__name__}; copy the adapter "
+                              "folder again")
     peft_type = config.get("peft_type")
     if peft_type != "LORA":
         raise CheckpointError(
@@ -143,7 +147,22 @@ def read_adapter_config(adapter_dir: str | Path) -> dict:
         raise CheckpointError(f"{path}: bias={config['bias']!r} is not supported; tunelib's LoRA trains no bias")
     if not config.get("target_modules"):
         raise CheckpointError(f"{path}: target_modules is empty, so the adapter applies to nothing")
+    _check_numbers(config, path)
     return config
+
+
+def _check_numbers(config: dict, path: Path) -> None:
+    # PEFT leaves a key out to mean its default; a null or a string in its place is a damaged or
+    # hand-edited file, which would otherwise fail deep inside the model swap.
+    rank, alpha = config.get("r", 8), config.get("lora_alpha")
+    if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
+        problem = f"r is {json.dumps(rank)}; it must be the adapter's rank, a whole number of 1 or more"
+    elif alpha is not None and (isinstance(alpha, bool) or not isinstance(alpha, (int, float))):
+        problem = f"lora_alpha is {json.dumps(alpha)}; it must be a number"
+    else:
+        return
+    raise CheckpointError(f"{path}: {problem} (the file is damaged or was edited by hand: copy the adapter "
+                          "folder again)")
 
 
 def load_peft_adapter(model: nn.Module, adapter_dir: str | Path, *,
@@ -264,10 +283,23 @@ def _check_same_spec(name: str, have: LoraSpec, want: LoraSpec, adapter_dir) -> 
         )
 
 
+def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    """Every tensor of a safetensors file, on the CPU.
+
+    Raises:
+        CheckpointError: the file is cut short or is not safetensors.
+    """
+    try:
+        return load_file(path)
+    except (SafetensorError, OSError) as e:
+        raise CheckpointError(f"cannot read {path}: {str(e).splitlines()[0]}; the file is damaged or incomplete "
+                              "(copy the adapter folder again)") from None
+
+
 def _read_weights(adapter_dir) -> dict[str, torch.Tensor]:
     folder = Path(adapter_dir)
     if (folder / WEIGHTS_NAME).is_file():
-        return load_file(folder / WEIGHTS_NAME)
+        return read_safetensors(folder / WEIGHTS_NAME)
     if (folder / LEGACY_WEIGHTS_NAME).is_file():
         # Old PEFT folders; weights_only refuses anything but tensors, so no code is run.
         # Imported here: tunelib.checkpoint imports tunelib.models, which imports this package.

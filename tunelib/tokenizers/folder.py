@@ -93,10 +93,16 @@ def _read_json(folders: list[Path], name: str) -> dict:
         f = folder / name
         if f.is_file():
             try:
-                return json.loads(f.read_text(encoding="utf-8"))
+                data = json.loads(f.read_text(encoding="utf-8"))
             except json.JSONDecodeError as e:
                 raise DataError(f"{f} is not valid JSON (line {e.lineno}: {e.msg}); fix or "
                                 "re-download it") from None
+            except UnicodeDecodeError as e:
+                raise DataError(f"{f} is not UTF-8 text (byte {e.start}); re-download it") from None
+            if not isinstance(data, dict):
+                raise DataError(f"{f} must hold a JSON object ({{...}}), not a {type(data).__name__}; fix or "
+                                "re-download it")
+            return data
     return {}
 
 
