@@ -66,6 +66,18 @@ def test_full_finetune_on_two_processes_matches_one(tune, tmp_path):
     a, b = load_file(tmp_path / "one/final/model.safetensors"), load_file(tmp_path / "two/final/model.safetensors")
     assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-5
 
+    # The finished sharded run goes on from final/: its per-parameter optimizers' states come back.
+    longer = [*settings, "lr_scheduler=null", "max_steps_per_epoch=6"]
+    one = finetune(tune, "full_finetune_single_device", "llama3_1/8B_full", folder, tmp_path / "one6", *longer,
+                   "batch_size=4", "optimizer_in_bwd=False")
+    shorter = torchrun_finetune(2, "full_finetune_distributed", "llama3_1/8B_full", folder, tmp_path / "two6",
+                                *longer[:-1], "max_steps_per_epoch=4", "batch_size=2", "optimizer_in_bwd=True")
+    extended = torchrun_finetune(2, "full_finetune_distributed", "llama3_1/8B_full", folder, tmp_path / "two6",
+                                 *longer, "batch_size=2", "optimizer_in_bwd=True", "resume_from_checkpoint=True")
+    assert shorter.code == 0 and extended.code == 0, extended.err[-3000:]
+    assert [m["step"] for m in extended.metrics] == [1, 2, 3, 4, 5, 6]
+    assert close(extended.losses, one.losses), (one.losses, extended.losses)
+
 
 def test_qlora_nf4_base_under_fsdp2(tune, tmp_path):
     # NF4 shards its scale groups over the ranks: every weight needs 2 x 16384 elements.

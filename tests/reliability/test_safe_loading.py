@@ -216,7 +216,7 @@ def test_hf_token_appears_in_no_log_config_or_output_file(run):
 def test_outputs_hold_weights_as_safetensors_and_only_the_training_state_as_a_pickle(run):
     files = [p for p in run.output_dir.rglob("*") if p.is_file()]
     pickles = sorted(str(p.relative_to(run.output_dir)) for p in files if p.suffix in PICKLE_SUFFIXES)
-    assert pickles == ["step_1/training_state.pt"]
+    assert pickles == ["final/training_state.pt", "step_1/training_state.pt"]  # final's: to extend the run
     weights = {str(p.relative_to(run.output_dir)) for p in files if p.suffix == ".safetensors"}
     assert {"step_1/adapter/adapter_model.safetensors", "final/adapter/adapter_model.safetensors"} <= weights
     assert any(w.startswith("final/merged/model") for w in weights)

@@ -8,13 +8,15 @@
 Layout of `output_dir` (each checkpoint folder complete or absent, see `atomic`):
 
     step_100/            every save_every_n_steps; training_state.pt makes it resumable
-    final/               the end of training
+    final/               the end of training, with its training_state.pt (a longer run goes on from it)
        (full)            config.json, model*.safetensors, tokenizer files: an HF model folder
        (LoRA/DoRA)       adapter/ (PEFT: adapter_config.json, adapter_model.safetensors)
                          merged/  (an HF model folder with the adapter merged in)
        (LLaMA-Adapter)   adapter/ (tunelib_llama_adapter.json + .safetensors), and for v2 with
                          fold_adapter_v2 merged/ (scales and biases folded; prompts cannot be)
     config.yaml, metrics.jsonl
+    .tunelib.lock        only while a run writes here: one run at a time (see `lock`)
+    abandoned/<time>/    checkpoints that came after the one a resume named, moved aside (see set_aside_after)
 
 The merged model is a separate folder because transformers applies an adapter it finds
 beside the weights, which would add it twice. Nothing here branches on the model family:
@@ -25,14 +27,17 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import time
 from pathlib import Path
 from typing import Callable
 
 import torch
 
-from tunelib.checkpoint import atomic
+from tunelib.checkpoint import atomic, training_state
 from tunelib.checkpoint.hf_load import load_hf_weights
 from tunelib.checkpoint.hf_save import save_hf_folder
+from tunelib.checkpoint.writes import write_failure
 from tunelib.errors import CheckpointError, ConfigError, TrainingStopped
 
 ADAPTER, MERGED = "adapter", "merged"
@@ -121,11 +126,14 @@ class HFCheckpointer:
                     self._write_model(model, tmp, adapter_only)
                 if extra is not None:
                     extra(tmp)
-        except OSError as e:
+        except BaseException as e:  # noqa: BLE001 - only a failed write is told here; the rest is re-raised
+            cause = write_failure(e)
+            if cause is None:
+                raise
             previous = atomic.complete_checkpoints(self.output_dir)
             kept = (f"; {previous[-1].path} is intact: fix the cause (free space, permissions), then rerun with "
                     "resume_from_checkpoint=True" if previous else "")
-            raise TrainingStopped(f"cannot write checkpoint {folder}: {e.strerror or e}{kept}") from None
+            raise TrainingStopped(f"cannot write checkpoint {folder}: {cause.strerror or cause}{kept}") from None
         if not final and (dist is None or dist.is_main):
             atomic.prune(self.output_dir, self.keep_last_n)
         return folder
@@ -160,8 +168,11 @@ class HFCheckpointer:
     def resume_point(self, resume_from_checkpoint: bool | str) -> atomic.Checkpoint | None:
         """The checkpoint to resume from, or None to start fresh.
 
+        A final checkpoint counts: with its training state, a longer run goes on from it.
+
         Raises:
-            CheckpointError: a named checkpoint is not complete, or nothing can be resumed.
+            CheckpointError: a named checkpoint is not complete, nothing can be resumed, or the
+                newest (or named) one is a final checkpoint without a training state.
             ConfigError: output_dir holds a run but resume_from_checkpoint is False.
         """
         if resume_from_checkpoint is False:
@@ -170,15 +181,57 @@ class HFCheckpointer:
         for skipped in atomic.incomplete_checkpoints(self.output_dir):
             _say(f"Skipping incomplete checkpoint {skipped} (an interrupted save)")
         if isinstance(resume_from_checkpoint, str):
-            return self._named(Path(resume_from_checkpoint))
-        from tunelib.checkpoint import training_state
-
+            return self._with_state(self._named(Path(resume_from_checkpoint)))
         resumable = [c for c in atomic.complete_checkpoints(self.output_dir)
                      if training_state.exists(c.path) or c.final]
         if not resumable:
             _say(f"No complete checkpoint in {self.output_dir} yet: starting from the beginning")
             return None
-        return resumable[-1]
+        return self._with_state(resumable[-1])
+
+    def _with_state(self, checkpoint: atomic.Checkpoint) -> atomic.Checkpoint:
+        if not checkpoint.final or training_state.exists(checkpoint.path):
+            return checkpoint
+        steps = [c for c in atomic.complete_checkpoints(self.output_dir)
+                 if not c.final and training_state.exists(c.path)]
+        instead = (f"set resume_from_checkpoint={steps[-1].path} to continue from its last step checkpoint, or "
+                   if steps else "")
+        raise CheckpointError(f"{checkpoint.path} has no training state (tunelib kept none with the final model "
+                              f"before), so the finished run cannot be extended from it; {instead}start a new "
+                              "output_dir")
+
+    def set_aside_after(self, checkpoint: atomic.Checkpoint) -> tuple[Path, list[str]] | None:
+        """Move the complete checkpoints of output_dir that come after `checkpoint` into
+        `output_dir/abandoned/<time>/`, with a copy of metrics.jsonl and config.yaml.
+
+        Resuming from an earlier checkpoint starts another branch of the run; the later ones
+        belong to the branch it leaves. Moved aside, they are never pruned by
+        keep_last_n_checkpoints, never resumed by resume_from_checkpoint=True and never
+        replaced by this branch's saves; nothing is deleted.
+
+        Returns:
+            The folder they went to and their names (oldest first), or None when none came after.
+        """
+        later = [c for c in atomic.complete_checkpoints(self.output_dir)
+                 if (c.step, c.final) > (checkpoint.step, checkpoint.final)]
+        if not later:
+            return None
+        folder = self._new_abandoned_folder()
+        for name in ("metrics.jsonl", "config.yaml"):  # the abandoned branch's log, before this run trims it
+            if (self.output_dir / name).is_file():
+                shutil.copy2(self.output_dir / name, folder / name)
+        for c in later:
+            os.rename(c.path, folder / c.path.name)
+        return folder, [c.path.name for c in later]
+
+    def _new_abandoned_folder(self) -> Path:
+        base = self.output_dir / "abandoned" / time.strftime("%Y%m%d-%H%M%S")
+        folder, n = base, 1
+        while folder.exists():  # a second resume within the same second
+            n += 1
+            folder = base.with_name(f"{base.name}-{n}")
+        folder.mkdir(parents=True)
+        return folder
 
     def _named(self, path: Path) -> atomic.Checkpoint:
         path = path if path.is_absolute() or path.exists() else self.output_dir / path

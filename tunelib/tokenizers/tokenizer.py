@@ -69,6 +69,11 @@ class Tokenizer:
         return self._chat.name
 
     @property
+    def chat_template(self) -> str:
+        """The Jinja source of the chat format, or "" for a built-in format."""
+        return getattr(self._chat, "source", "")
+
+    @property
     def fingerprint(self) -> str:
         """A short hash of everything that decides the ids (files, template, settings); dataset
         caches are keyed on it."""

@@ -24,7 +24,6 @@ class OptimizerInBackward(torch.optim.Optimizer):
     def __init__(self, params: Iterable[torch.nn.Parameter], make_optimizer: Callable[[list], torch.optim.Optimizer]):
         params = [p for p in params if p.requires_grad]
         self.optimizers = [make_optimizer([p]) for p in params]
-        self.param_groups = [group for opt in self.optimizers for group in opt.param_groups]
         self.defaults = self.optimizers[0].defaults if self.optimizers else {}
         self.state = defaultdict(dict)
         self._optimizer_step_pre_hooks = {}
@@ -35,6 +34,12 @@ class OptimizerInBackward(torch.optim.Optimizer):
         self._optimizer_load_state_dict_post_hooks = {}
         for param, opt in zip(params, self.optimizers):
             param.register_post_accumulate_grad_hook(_stepper(opt))
+
+    @property
+    def param_groups(self) -> list[dict]:
+        # Read afresh each time: loading a state (here, or through torch.distributed.checkpoint,
+        # which loads each per-parameter optimizer) replaces their group dicts.
+        return [group for opt in self.optimizers for group in opt.param_groups]
 
     def step(self, closure=None):  # noqa: D102 - the hooks already stepped
         return None
@@ -48,8 +53,6 @@ class OptimizerInBackward(torch.optim.Optimizer):
     def load_state_dict(self, state_dict: dict) -> None:
         for opt, saved in zip(self.optimizers, state_dict["per_parameter"], strict=True):
             opt.load_state_dict(saved)
-        # Loading replaces each optimizer's group dicts; share the new ones.
-        self.param_groups = [group for opt in self.optimizers for group in opt.param_groups]
 
 
 def _stepper(opt: torch.optim.Optimizer):
