@@ -16,29 +16,30 @@ The loop is `tunelib.training.train`; the assembly, in order, is `tunelib.traini
 
 import sys
 
-from tunelib.errors import ConfigError
 from tunelib.peft import fold_leaves_out
 from tunelib.training import train
 from tunelib.training.settings import AdapterSettings
-from tunelib.training.setup import build_run
+from tunelib.training.setup import build_run, preflight
 
 NAMES = ("adapter_finetune_single_device", "adapter_finetune_distributed")
 CONFIGS = ("*_adapter", "*_adapter_v2")
 SCHEMA = AdapterSettings
 
 
+def check(cfg) -> list[str]:
+    """What `tune validate` checks beyond the config: the model on meta, optimizer, schedule, loss."""
+    return preflight(cfg, method="adapter")
+
+
 def main(cfg) -> int:
-    if cfg.fold_adapter_v2 and cfg.model.get("adapter") != "v2":  # checked before anything is written
-        raise ConfigError("fold_adapter_v2=True needs model.adapter=v2: v1 learns only prompts, which cannot "
-                          "be folded into weights; set fold_adapter_v2=False")
     built = build_run(cfg, method="adapter")
-    with built:  # closes loggers, signal handlers and the process group, whatever happens
+    with built:  # on the way out, whatever happened: loggers, signals, process group, output_dir lock
         left_out = fold_leaves_out(built.run.model) if cfg.fold_adapter_v2 else []
         if left_out and built.run.dist.is_main:
             print(f"fold_adapter_v2: merged/ will leave out {'; '.join(left_out)}; adapter/ holds the exact model",
                   flush=True)
         train(built.run)
-    return built.report(adapter=True, merged=cfg.fold_adapter_v2)
+        return built.report(adapter=True, merged=cfg.fold_adapter_v2)
 
 
 if __name__ == "__main__":

@@ -13,18 +13,23 @@ import sys
 
 from tunelib.training import train
 from tunelib.training.settings import FullSettings
-from tunelib.training.setup import build_run
+from tunelib.training.setup import build_run, preflight
 
 NAMES = ("full_finetune_single_device", "full_finetune_distributed")
 CONFIGS = ("*_full",)
 SCHEMA = FullSettings
 
 
+def check(cfg) -> list[str]:
+    """What `tune validate` checks beyond the config: the model on meta, optimizer, schedule, loss."""
+    return preflight(cfg, method="full")
+
+
 def main(cfg) -> int:
     built = build_run(cfg, method="full")
-    with built:  # closes loggers, signal handlers and the process group, whatever happens
+    with built:  # on the way out, whatever happened: loggers, signals, process group, output_dir lock
         train(built.run)
-    return built.report(adapter=False, merged=False)
+        return built.report(adapter=False, merged=False)
 
 
 if __name__ == "__main__":

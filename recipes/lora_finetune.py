@@ -16,18 +16,23 @@ import sys
 
 from tunelib.training import train
 from tunelib.training.settings import LoRASettings
-from tunelib.training.setup import build_run
+from tunelib.training.setup import build_run, preflight
 
 NAMES = ("lora_finetune_single_device", "lora_finetune_distributed")
 CONFIGS = ("*_lora", "*_qlora", "*_dora", "*_qdora")
 SCHEMA = LoRASettings
 
 
+def check(cfg) -> list[str]:
+    """What `tune validate` checks beyond the config: the model on meta, optimizer, schedule, loss."""
+    return preflight(cfg, method="lora")
+
+
 def main(cfg) -> int:
     built = build_run(cfg, method="lora")
-    with built:  # closes loggers, signal handlers and the process group, whatever happens
+    with built:  # on the way out, whatever happened: loggers, signals, process group, output_dir lock
         train(built.run)
-    return built.report(adapter=True, merged=not cfg.save_adapter_weights_only)
+        return built.report(adapter=True, merged=not cfg.save_adapter_weights_only)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ Options of tune itself (anywhere before the overrides):
     --allow-module MODULE   let `_component_` import from MODULE (repeatable)
 
 Overrides: key=value, --key=value, --key value, ~key (remove), +key=value (add).
+`tune run RECIPE --help` lists every setting of RECIPE with its type, default and meaning.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from tunelib.cli.words import take_options
 from tunelib.config import allow_module, build_config, split_config_arg
 from tunelib.config.components import set_recipe_namespace
 from tunelib.config.parse import run_main
+from tunelib.config.schema import describe
 from tunelib.errors import ConfigError
 
 
@@ -42,6 +44,9 @@ def run_words(words: list[str]) -> int:
         return _run_distributed(words)
     recipe, rest = words[0], words[1:]
     path = recipe_modules.recipe_path(recipe)
+    if "-h" in rest or "--help" in rest:
+        print(recipe_help(recipe, recipe_modules.load(path)))
+        return 0
     config, overrides = split_config_arg(rest)
     module = recipe_modules.load(path)
     main, schema = recipe_modules.main_and_schema(module)
@@ -50,9 +55,27 @@ def run_words(words: list[str]) -> int:
     return run_main(main, cfg)
 
 
+def recipe_help(name: str, module) -> str:
+    """`tune run RECIPE --help`: what the recipe does and every setting of its schema."""
+    _, schema = recipe_modules.main_and_schema(module)
+    lines = [f"usage: tune run {name} --config CONFIG [OVERRIDES]", "", (module.__doc__ or "").strip()]
+    if schema is None:
+        return "\n".join(lines + ["", "This recipe declares no settings schema; its config is not checked key by key."])
+    lines += ["", "Settings (top-level config keys; override with key=value):"]
+    for key, kind, default, doc in describe(schema):
+        lines.append(f"  {key}: {kind} (required)" if default == "required" else f"  {key}: {kind} = {default}")
+        lines.append(f"      {doc}")
+    lines += ["", "Keys inside a component (model.lora_rank, optimizer.lr, dataset.data_files, ...) are the arguments",
+              f"of the function or class it names; `tune validate CONFIG --recipe {name}` checks them.",
+              f"Shipped configs: `tune ls {name}`."]
+    return "\n".join(lines)
+
+
 def _run_distributed(words: list[str]) -> int:
     """Check the config here, then start torchrun with the recipe file as its script."""
     from torch.distributed.run import get_args_parser
+
+    from tunelib.checkpoint.lock import check_free
 
     parser = get_args_parser()
     parser.prog = "tune run"
@@ -68,6 +91,9 @@ def _run_distributed(words: list[str]) -> int:
     if "output_dir" in cfg:
         # Every rank must write to the same folder, even if its name holds ${now:...}.
         overrides = [*overrides, f"output_dir={cfg.output_dir}"]
+        # A run that already holds it is told here in one line, not by a failed rank 0 under
+        # torchrun's report (rank 0 still takes the lock itself).
+        check_free(Path(cfg.output_dir))
     args.training_script = str(path)
     args.training_script_args = ["--config", str(config_path), *overrides]
     if not args.rdzv_endpoint and str(args.nnodes) == "1":

@@ -15,6 +15,7 @@ is scattered through recipe code.
 from __future__ import annotations
 
 import dataclasses
+import types
 import typing
 from typing import Any
 
@@ -92,3 +93,28 @@ def mentions_component(annotation: Any) -> bool:
     if annotation is Component:
         return True
     return any(mentions_component(a) for a in typing.get_args(annotation))
+
+
+def type_name(annotation: Any) -> str:
+    """How a setting's type reads in help: `int`, `int | None`, `'fp32' | 'bf16'`, `component`."""
+    if annotation is Component:
+        return "component"
+    if annotation is type(None):
+        return "None"
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is typing.Literal:
+        return " | ".join(repr(a) for a in args)
+    if origin in (typing.Union, types.UnionType):
+        return " | ".join(type_name(a) for a in args)
+    if origin is list:
+        return f"list[{type_name(args[0])}]" if args else "list"
+    return getattr(annotation, "__name__", str(annotation))
+
+
+def describe(schema: type) -> list[tuple[str, str, str, str]]:
+    """(name, type, default, one line of doc) for each setting of `schema`, in declaration order."""
+    rows = []
+    for info in schema_fields(schema).values():
+        default = "required" if info.required else repr(info.default) if isinstance(info.default, str) else str(info.default)
+        rows.append((info.name, type_name(info.annotation), default, info.doc))
+    return rows
