@@ -4,8 +4,9 @@
 
 Everything is deterministic and made here, nothing is downloaded:
 
-1. `alpaca_tiny.jsonl`: Alpaca-style rows of simple tasks (sums, opposites, capitals,
-   plurals, colours, capital letters), generated from small tables.
+1. `chat_tiny.jsonl`: one question and its answer a row (sums, opposites, capitals, plurals,
+   colours, capital letters), generated from small tables as Alpaca-style rows and written
+   as questions a person would type into `tune chat` ("Give the plural of this word: city").
 2. `model/tokenizer.json`: a byte-level BPE of 512 ids trained on that text, plus
    `<|endoftext|>`, with a ChatML chat template in `tokenizer_config.json`.
 3. `model/`: a Llama-shaped model (4 layers, hidden 128, tied embeddings), pretrained from
@@ -61,9 +62,15 @@ def rows(n: int = 800, seed: int = 0) -> list[dict]:
     return [rng.choice(makers)() for _ in range(n)]
 
 
+def as_question(row: dict) -> dict:
+    """An Alpaca-style row as one chat question: the instruction, with its input after a colon."""
+    question = f"{row['instruction'].rstrip('.')}: {row['input']}" if row["input"] else row["instruction"]
+    return {"input": question, "output": row["output"]}
+
+
 def write_data(folder: Path, data: list[dict]) -> Path:
-    path = folder / "alpaca_tiny.jsonl"
-    path.write_text("".join(json.dumps(r) + "\n" for r in data))
+    path = folder / "chat_tiny.jsonl"
+    path.write_text("".join(json.dumps(as_question(r)) + "\n" for r in data))
     return path
 
 

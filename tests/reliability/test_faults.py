@@ -151,6 +151,8 @@ def test_sigterm_to_torchrun_saves_on_every_rank_and_resumes(folder, tmp_path):
     saved = sorted(p for p in out.glob("step_*") if (p / "tunelib_complete.json").is_file())
     assert len(saved) == 1
     assert (saved[0] / "training_state_rank0.pt").is_file() and (saved[0] / "training_state_rank1.pt").is_file()
+    assert (f"Resume with:\n  tune run --nproc_per_node 2 --allow-module support lora_finetune_distributed "
+            f"--config {out / 'config.yaml'} resume_from_checkpoint=True") in stdout
     step = int(saved[0].name.split("_")[1])
     resumed = torchrun_finetune(2, "lora_finetune_distributed", LORA[1], folder, out, *FAST,
                                 f"max_steps_per_epoch={step + 2}", "resume_from_checkpoint=True")

@@ -93,3 +93,13 @@ def many_rows(n: int, *, start: int = 0) -> list[dict]:
     return [{"instruction": f"Count to {i % 7 + 1}.", "input": "",
              "output": " ".join(str(k) for k in range(1, i % 7 + 2)) + f" (#{i})"}
             for i in range(start, start + n)]
+
+
+def short_outputs(row: dict) -> bool:
+    """A `dataset.filter_fn` for tests: keep rows whose answer is under 12 characters."""
+    return len(row["output"]) < 12
+
+
+def longer_than(min_chars: int):
+    """A `dataset.filter_fn` factory for tests (`_component_: support.data.longer_than`)."""
+    return lambda row: len(row["output"]) > min_chars

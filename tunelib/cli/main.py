@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
-from tunelib.errors import UserError
+from tunelib.errors import UserError, tell
 
 # Verb -> module; each module has add_parser(subparsers) and run(args).
 VERBS = {
@@ -54,22 +55,43 @@ def main(argv: list[str] | None = None) -> int:
     """Run `tune` with `argv` (default: sys.argv[1:]) and return the exit code."""
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
-        if argv and argv[0] in WORD_VERBS:
-            # Overrides (and torchrun's options) look like unknown options to argparse,
-            # so these verbs read their words themselves.
-            return importlib.import_module(VERBS[argv[0]]).run_words(argv[1:])
-        parser = build_parser()
-        args = parser.parse_args(argv)
-        if args.verb is None:
-            parser.print_help()
-            return 0
-        return args.func(args) or 0
+        code = _run(argv)
+        sys.stdout.flush()  # here, so a reader that went away is seen now and not at interpreter exit
+        return code
     except UserError as e:
-        print(f"tune: error: {e}", file=sys.stderr)
-        return e.exit_code
+        return tell(e)
     except KeyboardInterrupt:
         print("tune: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        return _reader_went_away()
+
+
+def _run(argv: list[str]) -> int:
+    if argv and argv[0] in WORD_VERBS:
+        # Overrides (and torchrun's options) look like unknown options to argparse,
+        # so these verbs read their words themselves.
+        return importlib.import_module(VERBS[argv[0]]).run_words(argv[1:])
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.verb is None:
+        parser.print_help()
+        return 0
+    return args.func(args) or 0
+
+
+def _reader_went_away() -> int:
+    """`tune ls | head`: stop quietly, as Unix tools do when the reader of their output exits.
+
+    Python would otherwise report the broken pipe again when it flushes stdout at exit, so
+    what is left to write goes to /dev/null. Returns 141 (128 + SIGPIPE), the status a shell
+    shows for such a tool.
+    """
+    try:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):
+        pass  # stdout is not a file descriptor (captured in a test); nothing to redirect
+    return 141
 
 
 if __name__ == "__main__":

@@ -123,6 +123,12 @@ def _check_param_value(value: Any, annotation: Any, path: str) -> list[str]:
         return [p for i, v in enumerate(value) for p in _check_param_value(v, None, f"{path}.{i}")]
     if annotation is None:
         return []
+    if isinstance(value, str) and components.takes_callable(annotation):
+        try:
+            components.resolve(value, path)
+        except ConfigError as e:
+            return [str(e)]
+        return []
     err = type_error(value, annotation)
     return [f"{path}: {err}"] if err else []
 

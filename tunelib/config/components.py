@@ -20,6 +20,7 @@ The working directory is never added to `sys.path`; a module of your own must be
 
 from __future__ import annotations
 
+import collections.abc
 import importlib
 import inspect
 import os
@@ -219,17 +220,30 @@ def instantiate(node: Any, *args: Any, **kwargs: Any) -> Any:
 
 def _build(data: dict, where: str, args: tuple, kwargs: dict) -> Any:
     target = resolve(data["_component_"], f"{where or 'config'}._component_")
-    params = {k: _build_value(v, f"{where}.{k}" if where else k) for k, v in data.items() if k != "_component_"}
+    hints = type_hints(target)
+    params = {k: _build_value(v, f"{where}.{k}" if where else k, hints.get(k))
+              for k, v in data.items() if k != "_component_"}
     params.update(kwargs)
     return target(*args, **params)
 
 
-def _build_value(value: Any, where: str) -> Any:
+def _build_value(value: Any, where: str, annotation: Any = None) -> Any:
     if isinstance(value, dict) and "_component_" in value:
         return _build(value, where, (), {})
     if isinstance(value, list):
         return [_build_value(v, f"{where}.{i}") for i, v in enumerate(value)]
+    if isinstance(value, str) and takes_callable(annotation):
+        return resolve(value, where)  # `filter_fn: my_data.keep_row`: the function itself, allow-list applies
     return value
+
+
+def takes_callable(annotation: Any) -> bool:
+    """Whether a parameter annotated so takes a function (`Callable`, `Callable | None`, ...), so
+    that a dotted path given for it in a config names that function."""
+    if annotation is collections.abc.Callable or typing.get_origin(annotation) is collections.abc.Callable:
+        return True
+    return typing.get_origin(annotation) in (typing.Union, types.UnionType) and any(
+        takes_callable(a) for a in typing.get_args(annotation))
 
 
 def _to_plain(node: Any) -> Any:

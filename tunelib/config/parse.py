@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any, Callable
@@ -10,7 +12,7 @@ from tunelib.config.checks import check
 from tunelib.config.loading import load_yaml
 from tunelib.config.overrides import apply_overrides, parse_overrides
 from tunelib.config.schema import schema_fields
-from tunelib.errors import ConfigError, UserError
+from tunelib.errors import ConfigError, UserError, tell
 
 
 def build_config(path: str | Path, overrides: list[str], schema: type | None):
@@ -102,9 +104,33 @@ def run_script(main: Callable[[Any], Any], schema: type | None, argv: list[str] 
 
 
 def run_main(main: Callable[[Any], Any], cfg) -> int:
-    """Call a recipe's main; a UserError raised inside becomes one line on stderr and exit 2."""
+    """Call a recipe's main; a UserError raised inside becomes one line and its exit code (see `tell`)."""
+    show_log_lines()
     try:
         return main(cfg) or 0
     except UserError as e:
-        print(f"tune: error: {e}", file=sys.stderr)
-        return e.exit_code
+        return tell(e)
+
+
+class _Stdout(logging.StreamHandler):
+    """Writes to whatever sys.stdout is at the time (a test may swap it between runs)."""
+
+    @property
+    def stream(self):
+        return sys.stdout
+
+    @stream.setter
+    def stream(self, value):
+        pass
+
+
+def show_log_lines() -> None:
+    """Print tunelib's own log lines (the dataset's rows kept and skipped, packing) on stdout,
+    once for the job: info from the first process, warnings from every process."""
+    logger = logging.getLogger("tunelib")
+    if any(isinstance(h, _Stdout) for h in logger.handlers):
+        return
+    handler = _Stdout()
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO if int(os.environ.get("RANK", 0)) == 0 else logging.WARNING)

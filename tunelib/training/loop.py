@@ -19,6 +19,7 @@ from tunelib.training.distributed import Dist
 from tunelib.training.loss import count_tokens
 from tunelib.training.memory import peak_memory
 from tunelib.training.progress import Progress
+from tunelib.training.summary import RunSummary
 
 
 @dataclass
@@ -52,6 +53,7 @@ class Run:
     stop_requested: Callable[[], bool] = lambda: False
     optimizer_in_bwd: bool = False
     trainable: list[torch.nn.Parameter] = field(default_factory=list)
+    summary: RunSummary = field(default_factory=RunSummary)  # what the run did, for its end
 
     @property
     def steps_per_epoch(self) -> int:
@@ -96,8 +98,13 @@ def _train(run: Run) -> TrainState:
     s, state, model = run.settings, run.state, run.model
     progress = Progress(run.total_steps, start=state.step, enabled=run.dist.is_main)
     window = _Window()
+    run.summary.begin(state.step, state.tokens)
     model.train()
     for epoch in range(state.epoch, s.epochs):
+        if epoch > state.epoch:
+            # Counters move to a new epoch only when it starts, so the final checkpoint says
+            # "after step N of epoch E" and a longer run (more epochs or steps) can go on from it.
+            state.epoch, state.step_in_epoch = epoch, 0
         batches = _epoch_batches(run, epoch)
         while state.step_in_epoch < run.steps_per_epoch:
             micro = [next(batches) for _ in range(s.gradient_accumulation_steps)]
@@ -123,6 +130,7 @@ def _train(run: Run) -> TrainState:
             state.step += 1
             state.step_in_epoch += 1
             state.tokens += int(step_tokens)
+            run.summary.add_step(state.step, loss_value, state.tokens)
             if state.step % s.log_every_n_steps == 0 or state.step == run.total_steps:
                 metrics = _metrics(run, loss_value, grad_norm, window)
                 if run.dist.is_main:
@@ -133,16 +141,21 @@ def _train(run: Run) -> TrainState:
             if run.stop_requested():
                 progress.close()
                 run.save(run, False)
+                _end_summary(run)
                 return state
             if s.save_every_n_steps and state.step % s.save_every_n_steps == 0 and state.step < run.total_steps:
                 run.save(run, False)
-        state.epoch += 1
-        state.step_in_epoch = 0
     progress.close()
-    if run.val_loader is not None and s.run_val_every_n_steps:
-        _validate(run)
+    if run.val_loader is not None and s.run_val_every_n_steps and state.step % s.run_val_every_n_steps:
+        _validate(run)  # the last step was not evaluated yet (once per evaluation, so once per step)
     run.save(run, True)
+    _end_summary(run)
     return state
+
+
+def _end_summary(run: Run) -> None:
+    peak = peak_memory(run.device).get("peak_memory_gib")
+    run.summary.end(run.dist.max(peak) if peak is not None else None)
 
 
 def _epoch_batches(run: Run, epoch: int) -> Iterator[dict[str, torch.Tensor]]:
@@ -232,6 +245,7 @@ def _validate(run: Run) -> float:
         total += run.loss_fn(run.model, batch).item()
     run.model.train()
     val_loss = run.dist.sum(total) / max(run.dist.sum(tokens), 1)
+    run.summary.val_loss = val_loss
     if run.dist.is_main:
         run.logger.log(run.state.step, {"val_loss": val_loss})
         print(f"step {run.state.step}: val_loss={val_loss:.4f}", flush=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from tunelib.config.rules import device_problems, folder_problems, seed_problems
 from tunelib.config.schema import REQUIRED, Component, component, setting
 
 
@@ -38,10 +39,11 @@ class TrainingSettings:
     clip_grad_norm: float | None = setting(None, "Clip the gradient norm to this value; None only measures it.")
     compile: bool = setting(False, "torch.compile each decoder layer and the loss.")
     device: str = setting("auto", "cuda, cpu, cuda:N or auto (cuda when available).")
+    cpu_threads: int | None = setting(None, "Threads for work on the CPU (None: torch's default, one per core); 1 is often faster for tiny models.")
     dtype: Literal["fp32", "bf16"] = setting("bf16", "Precision of weights and compute (fp16 is not supported).")
     enable_activation_checkpointing: bool = setting(False, "Recompute each decoder layer's activations in backward to save memory.")
     enable_activation_offloading: bool = setting(False, "Move saved activations to CPU memory (CUDA only; needs activation checkpointing).")
-    metric_logger: Component | list[Component] | None = component("Metric logger(s) (default: JSONL at output_dir/metrics.jsonl).", default=None)
+    metric_logger: Component | list[Component] | None = component("Metric logger(s) besides output_dir/metrics.jsonl, which is always written (e.g. tunelib.training.TensorBoardLogger).", default=None)
     log_every_n_steps: int = setting(1, "Log metrics every N optimizer steps.")
     log_peak_memory_stats: bool = setting(True, "Log peak memory with the metrics.")
     save_every_n_steps: int | None = setting(None, "Write a checkpoint every N optimizer steps (the final one is always written).")
@@ -60,12 +62,22 @@ class TrainingSettings:
         for key in ("batch_size", "epochs", "gradient_accumulation_steps", "log_every_n_steps"):
             if cfg.get(key) is not None and cfg[key] < 1:
                 problems.append(f"{key}={cfg[key]}; it must be 1 or more")
-        for key in ("max_steps_per_epoch", "save_every_n_steps", "run_val_every_n_steps", "batch_size_val"):
+        for key in ("max_steps_per_epoch", "save_every_n_steps", "run_val_every_n_steps", "batch_size_val", "cpu_threads"):
             if cfg.get(key) is not None and cfg[key] < 1:
                 problems.append(f"{key}={cfg[key]}; it must be 1 or more, or null")
         if cfg.get("clip_grad_norm") is not None and cfg["clip_grad_norm"] <= 0:
             problems.append(f"clip_grad_norm={cfg['clip_grad_norm']}; use a positive number, or null")
-        return problems
+        problems += seed_problems(cfg) + device_problems(cfg) + folder_problems(cfg, "output_dir", "checkpoint_dir")
+        return problems + _warmup_problems(cfg.get("lr_scheduler"))
+
+
+def _warmup_problems(scheduler) -> list[str]:
+    # Every shipped schedule takes num_warmup_steps; a negative one would keep the lr at 0 or
+    # above its peak without a word.
+    warmup = scheduler.get("num_warmup_steps") if isinstance(scheduler, dict) else None
+    if isinstance(warmup, (int, float)) and not isinstance(warmup, bool) and warmup < 0:
+        return [f"lr_scheduler.num_warmup_steps={warmup}; use 0 or more"]
+    return []
 
 
 @dataclass(kw_only=True)
@@ -96,3 +108,12 @@ class AdapterSettings(TrainingSettings):
     """LLaMA-Adapter v1 and v2: prompts and gates train (v2 also scales, biases and norms); base weights stay frozen."""
 
     fold_adapter_v2: bool = setting(False, "v2 only: also write merged/, an HF model folder with the scales and biases folded into the linear weights; prompts cannot be folded and are left out, so it equals the adapter model only without prompts.")
+
+    @classmethod
+    def value_problems(cls, cfg: dict) -> list[str]:
+        problems = super().value_problems(cfg)
+        model = cfg.get("model") if isinstance(cfg.get("model"), dict) else {}
+        if cfg.get("fold_adapter_v2") and model.get("adapter") != "v2":
+            problems.append("fold_adapter_v2=True needs model.adapter=v2: v1 learns only prompts, which cannot "
+                            "be folded into weights; set fold_adapter_v2=False")
+        return problems

@@ -21,11 +21,13 @@ from typing import Literal
 
 import torch
 
-from tunelib.checkpoint import atomic, training_state
+from tunelib.checkpoint import atomic, training_state, writes
+from tunelib.checkpoint.lock import OutputDirLock
 from tunelib.config import instantiate
-from tunelib.errors import ConfigError
-from tunelib.training import runtime
+from tunelib.errors import CheckpointError, ConfigError, NothingToDo
+from tunelib.training import report, runtime
 from tunelib.training.distributed import Dist, full_state_dict
+from tunelib.training.fingerprint import run_fingerprint
 from tunelib.training.loggers import JSONLLogger, MetricLoggers
 from tunelib.training.loop import Run, TrainState
 from tunelib.training.loss import LinearCrossEntropyLoss
@@ -40,31 +42,51 @@ class Built:
     """What `build_run` returns: the run, plus what the recipe reports at the end.
 
     Use it as a context manager around training: on the way out it closes the loggers,
-    puts back the signal handlers and leaves the process group, whatever happened.
+    puts back the signal handlers, leaves the process group and releases output_dir's lock,
+    whatever happened.
     """
 
     run: Run
     checkpointer: object
     stop: StopOnSignal
     resumed_from: atomic.Checkpoint | None
+    method: Method
+    output_lock: OutputDirLock | None = None  # held by rank 0 only
 
     def __enter__(self) -> "Built":
         return self
 
     def __exit__(self, *exc) -> None:
-        self.run.logger.close()
-        self.stop.restore()
-        self.run.dist.close()
+        try:
+            self.run.logger.close()
+            self.stop.restore()
+            self.run.dist.close()
+        finally:
+            if self.output_lock is not None:
+                self.output_lock.release()
 
     def report(self, *, adapter: bool, merged: bool) -> int:
-        """Print where the model is and how to load it; return the exit code (128+signal if stopped)."""
-        if self.stop.signum is not None:
-            return self.stop.exit_code
-        if self.run.dist.is_main:
-            from tunelib.training.report import final_message
+        """Print what the run did, where the model is, how to load it and what to try next, and
+        write output_dir/summary.json; a stopped run prints how to resume it instead.
 
-            print(final_message(self.checkpointer.output_dir / "final", self.checkpointer.base_model_name(),
-                                adapter=adapter, merged=merged), flush=True)
+        Returns:
+            The exit code: 0, or 128 + the signal that stopped the run.
+        """
+        run, out = self.run, self.checkpointer.output_dir
+        if self.stop.signum is not None:
+            if run.dist.is_main:
+                command = report.resume_command(self.method, out, run.dist.world_size)
+                print(f"Stopped at step {run.state.step} of {run.total_steps}; a checkpoint is saved in {out}. "
+                      f"Resume with:\n  {command}", flush=True)
+            return self.stop.exit_code
+        if run.dist.is_main:
+            final, base = out / "final", self.checkpointer.base_model_name()
+            written = run.summary.write(out, report.outputs(final))
+            lines = [report.final_message(final, base, adapter=adapter, merged=merged), "",
+                     *run.summary.lines(), f"  (also in {written})", "", "Try next:",
+                     *report.next_commands(final, base, adapter=adapter, merged=merged,
+                                           prompt=getattr(run.loader.dataset, "example_prompt", None))]
+            print("\n".join(lines), flush=True)
         return 0
 
 
@@ -72,30 +94,46 @@ def build_run(cfg, method: Method) -> Built:
     """Build everything `tunelib.training.train` needs from the config of a `method` recipe.
 
     Raises:
-        ConfigError, DataError, CheckpointError: bad input, before any step runs.
+        ConfigError, DataError, CheckpointError: bad input, before any step runs (also: another
+            run holds output_dir). The folders this call created for output_dir are removed
+            again when they are still empty, and output_dir's lock is released.
     """
     # Rules between settings (batch_size >= 1, optimizer_in_bwd without accumulation) were
     # checked with the config, by the recipe schema's `value_problems`, so `tune validate` sees them too.
     # The checkpointer checks both folders (output_dir must not be inside checkpoint_dir)
     # before output_dir is created, so a refused run leaves nothing behind.
     checkpointer = _checkpointer(cfg)
-    _check_output_dir(Path(cfg.output_dir))
+    out = Path(cfg.output_dir)
+    created = _missing_folders(out)
+    output_lock = None
+    try:
+        _make_output_dir(out)
+        if _global_rank() == 0:  # under torchrun the other ranks wait for it at the first barrier
+            output_lock = OutputDirLock.take(out)
+        _check_writable(out)
+        return _build(cfg, method, checkpointer, output_lock)
+    except BaseException:
+        _give_back(output_lock, created)
+        raise
+
+
+def _build(cfg, method: Method, checkpointer, output_lock: OutputDirLock | None) -> Built:
     device = runtime.resolve_device(cfg.device, _local_rank())
+    runtime.set_cpu_threads(cfg.cpu_threads)
     dist = Dist.from_env(device, cfg.dist_timeout_seconds)
     dtype = runtime.resolve_dtype(cfg.dtype, device)
     resume = checkpointer.resume_point(cfg.resume_from_checkpoint)
     dist.barrier()  # every rank decided before any writes into output_dir
-    saved = None
-    if resume is not None and not resume.final:
-        saved = training_state.load(resume.path, dist.rank, dist.world_size)
-    if resume is not None and resume.final:
-        raise ConfigError(f"{resume.path} is the end of a finished run; nothing is left to resume "
-                          "(raise epochs and resume from a step_N checkpoint, or choose a new output_dir)")
+    saved = None if resume is None else training_state.load(resume.path, dist.rank, dist.world_size)
     seed = runtime.set_seed(saved["counters"]["seed"] if saved else cfg.seed)
 
     tokenizer = instantiate(cfg.tokenizer)
     model = instantiate(cfg.model, checkpoint_dir=cfg.checkpoint_dir)
     _check_method(model, method)
+    settings = training_state.resume_settings(cfg, dist.world_size)
+    numbers = run_fingerprint(cfg, model, tokenizer, adapters=method != "full")
+    if saved is not None:  # before any weight is read, so a changed model or adapter is named, not a shape error
+        training_state.check_resume(saved, settings, numbers, resume.path)
     checkpointer.load_model(model, dtype=dtype, device=device, resume=resume)
     dist.say(_make_trainable(model, method, device, dtype))
     if resume is not None:
@@ -104,6 +142,7 @@ def build_run(cfg, method: Method) -> Built:
     trainable = [p for p in model.parameters() if p.requires_grad]  # after FSDP2 swapped them for shards
 
     loader = _loader(cfg, cfg.dataset, tokenizer, model, dist, seed, cfg.batch_size, shuffle=cfg.shuffle)
+    _check_accumulation(cfg, len(loader), dist)
     val_loader = None
     if cfg.dataset_val is not None:
         val_loader = _loader(cfg, cfg.dataset_val, tokenizer, model, dist, seed,
@@ -111,18 +150,19 @@ def build_run(cfg, method: Method) -> Built:
 
     optimizer = _optimizer(cfg, trainable)
     state = TrainState(seed=seed)
-    stop = StopOnSignal(dist)
     run = Run(model=model, optimizer=optimizer, scheduler=None, loss_fn=_loss(cfg), loader=loader,
               val_loader=val_loader, save=None, logger=None, dist=dist, device=device, settings=cfg,
-              state=state, stop_requested=stop.requested, optimizer_in_bwd=isinstance(optimizer, OptimizerInBackward),
-              trainable=trainable)
+              state=state, optimizer_in_bwd=isinstance(optimizer, OptimizerInBackward), trainable=trainable)
     run.scheduler = _scheduler(cfg, optimizer, run.total_steps)
-    run.save = _saver(cfg, checkpointer, method)
+    run.save = _saver(cfg, checkpointer, method, settings, numbers)
     if saved is not None:
         _restore(run, saved, resume)
-    run.logger = _logger(cfg, dist, state.step if saved else None)
+        _set_aside_later(checkpointer, resume, dist)
+    stop = StopOnSignal(dist)  # installed once nothing more can refuse the resume
+    run.stop_requested = stop.requested
+    run.logger = _logger(cfg, dist, _logged_until(cfg, saved, state))
     _write_config(cfg, dist)
-    return Built(run, checkpointer, stop, resume)
+    return Built(run, checkpointer, stop, resume, method, output_lock)
 
 
 # -- 1. the process ------------------------------------------------------------------------
@@ -132,14 +172,44 @@ def _local_rank() -> int:
     return int(os.environ.get("LOCAL_RANK", 0))
 
 
-def _check_output_dir(out: Path) -> None:
+def _global_rank() -> int:
+    return int(os.environ.get("RANK", 0))
+
+
+def _missing_folders(out: Path) -> list[Path]:
+    """The folders of `out` that do not exist yet, deepest first."""
+    return [folder for folder in [out, *out.parents] if not folder.exists()]
+
+
+def _make_output_dir(out: Path) -> None:
     try:
         out.mkdir(parents=True, exist_ok=True)
-        probe = out / f".tunelib_write_test_{_local_rank()}_{os.getpid()}"
-        probe.write_text("ok")
-        probe.unlink()
     except OSError as e:
         raise ConfigError(f"output_dir {out} is not writable: {e.strerror or e}") from None
+
+
+def _check_writable(out: Path) -> None:
+    probe = out / f".tunelib_write_test_{_local_rank()}_{os.getpid()}"
+    try:
+        probe.write_text("ok")
+    except OSError as e:
+        raise ConfigError(f"output_dir {out} is not writable: {e.strerror or e}") from None
+    finally:
+        # A full disk creates the file and then refuses its bytes: it must not stay behind.
+        probe.unlink(missing_ok=True)
+
+
+def _give_back(output_lock: OutputDirLock | None, created: list[Path]) -> None:
+    """Undo what a refused run did to output_dir: its lock, and the folders it made while still empty."""
+    if output_lock is not None:
+        output_lock.release()
+    for folder in created:
+        try:
+            folder.rmdir()
+        except FileNotFoundError:
+            continue  # mkdir stopped above it
+        except OSError:
+            break  # not empty: something else is in it, and so in every folder above
 
 
 def _checkpointer(cfg):
@@ -218,6 +288,17 @@ def _loader(cfg, node, tokenizer, model, dist: Dist, seed: int, batch_size: int,
                         rank=dist.rank, world_size=dist.world_size, pad_id=tokenizer.pad_id)
 
 
+def _check_accumulation(cfg, batches: int, dist: Dist) -> None:
+    """Refuse accumulation over more batches than an epoch gives: no optimizer step would run."""
+    steps = cfg.gradient_accumulation_steps
+    if batches >= steps:
+        return
+    per = f" on each of {dist.world_size} processes" if dist.world_size > 1 else ""
+    fix = f"set gradient_accumulation_steps={batches} or less" if batches else "lower batch_size"
+    raise ConfigError(f"gradient_accumulation_steps={steps}, but the data gives only {batches} batches of "
+                      f"{cfg.batch_size} per epoch{per}, so no optimizer step would run; {fix} (or add data)")
+
+
 def _is_list(node) -> bool:
     from omegaconf import ListConfig
 
@@ -256,11 +337,13 @@ def _logger(cfg, dist: Dist, resumed_step: int | None) -> MetricLoggers:
     if not dist.is_main:
         return MetricLoggers([])
     node = cfg.metric_logger
-    if node is None:
-        loggers = [JSONLLogger(cfg.output_dir)]
-    else:
-        nodes = list(node) if _is_list(node) else [node]
-        loggers = [instantiate(n) for n in nodes]
+    nodes = [] if node is None else list(node) if _is_list(node) else [node]
+    loggers = [instantiate(n) for n in nodes]
+    # metrics.jsonl is always written: resume, `tune` summaries and comparisons read it, so
+    # choosing TensorBoard or W&B adds to it instead of replacing it.
+    jsonl = JSONLLogger(cfg.output_dir)
+    if not any(isinstance(x, JSONLLogger) and x.path.resolve() == jsonl.path.resolve() for x in loggers):
+        loggers.insert(0, jsonl)
     logger = MetricLoggers(loggers)
     if resumed_step is not None:
         logger.resume(resumed_step)
@@ -270,17 +353,35 @@ def _logger(cfg, dist: Dist, resumed_step: int | None) -> MetricLoggers:
     return logger
 
 
+def _logged_until(cfg, saved: dict | None, state: TrainState) -> int | None:
+    """The last step whose metrics a resumed run keeps; None when the run is not a resume."""
+    if saved is not None:
+        return state.step
+    # A resume that found no checkpoint starts over: the log of the run it replaces goes too.
+    return 0 if cfg.resume_from_checkpoint else None
+
+
 def _write_config(cfg, dist: Dist) -> None:
     if dist.is_main:
         from omegaconf import OmegaConf
 
-        (Path(cfg.output_dir) / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
+        path = Path(cfg.output_dir) / "config.yaml"
+        try:
+            writes.replace_text(path, OmegaConf.to_yaml(cfg))
+        except OSError as e:
+            raise ConfigError(f"output_dir {cfg.output_dir} is not writable: cannot write {path.name}: "
+                              f"{e.strerror or e}") from None
 
 
 # -- saving and resuming ----------------------------------------------------------------------
 
 
-def _saver(cfg, checkpointer, method: Method):
+def _saver(cfg, checkpointer, method: Method, settings: dict, numbers: dict):
+    """`save(run, final)`: a checkpoint with the model, the config and the training state.
+
+    `settings` and `numbers` (the run's fingerprint) go into every training state, the final
+    one included: it is what lets a finished run be extended, and it holds no weights.
+    """
     from omegaconf import OmegaConf
 
     adapter_only = bool(getattr(cfg, "save_adapter_weights_only", False))
@@ -291,11 +392,9 @@ def _saver(cfg, checkpointer, method: Method):
         def extra(folder: Path) -> None:
             if run.dist.is_main:
                 (folder / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
-            if not final:
-                training_state.save(folder, counters=run.state, model=run.model, optimizer=run.optimizer,
-                                    scheduler=run.scheduler, loader=run.loader, rng=runtime.rng_state(),
-                                    settings_fingerprint=training_state.fingerprint(cfg, run.dist.world_size),
-                                    dist=run.dist)
+            training_state.save(folder, counters=run.state, model=run.model, optimizer=run.optimizer,
+                                scheduler=run.scheduler, loader=run.loader, rng=runtime.rng_state(),
+                                settings=settings, fingerprint=numbers, dist=run.dist)
 
         model = _gathered(cfg, run) if run.dist.enabled else run.model
         folder = checkpointer.save(model, step=run.state.step, final=final, adapter_only=adapter_only,
@@ -322,15 +421,81 @@ def _gathered(cfg, run: Run) -> torch.nn.Module | None:
 
 
 def _restore(run: Run, saved: dict, resume: atomic.Checkpoint) -> None:
-    training_state.check_settings(saved["settings"], training_state.fingerprint(run.settings, run.dist.world_size),
-                                  resume.path)
+    """Put the saved counters, optimizer, schedule, data position and random state back.
+
+    Raises:
+        NothingToDo: `resume` is the final checkpoint and this config does not lengthen the run.
+    """
+    for key, value in saved["counters"].items():
+        setattr(run.state, key, value)
+    if resume.final and _steps_left(run) == 0:
+        s = run.settings
+        raise NothingToDo(f"Nothing left to train: {resume.path} already ends this run (step {run.state.step}; "
+                          f"epochs={s.epochs}, max_steps_per_epoch={s.max_steps_per_epoch}); raise epochs or "
+                          "max_steps_per_epoch to train further")
     training_state.restore_optimizer(resume.path, saved, run.model, run.optimizer, run.dist)
     if run.scheduler is not None and saved["scheduler"] is not None:
         run.scheduler.load_state_dict(saved["scheduler"])
     run.loader.load_state_dict(saved["loader"])
     runtime.set_rng_state(saved["rng"])
-    for key, value in saved["counters"].items():
-        setattr(run.state, key, value)
     lr = float(run.optimizer.param_groups[0]["lr"])
     run.dist.say(f"Resuming from {resume.path}: step {run.state.step} of {run.total_steps}, "
                  f"epoch {run.state.epoch + 1} of {run.settings.epochs}, lr {lr:.3g}")
+
+
+def _steps_left(run: Run) -> int:
+    """Optimizer steps between the restored counters and the end of this config's run."""
+    s, state = run.settings, run.state
+    if state.epoch >= s.epochs:
+        return 0
+    rest_of_epoch = max(run.steps_per_epoch - state.step_in_epoch, 0)
+    return rest_of_epoch + run.steps_per_epoch * (s.epochs - state.epoch - 1)
+
+
+def _set_aside_later(checkpointer, resume: atomic.Checkpoint, dist: Dist) -> None:
+    """Move the checkpoints after `resume` out of the way: this run starts another branch from it."""
+    if dist.is_main:
+        moved = checkpointer.set_aside_after(resume)
+        if moved is not None:
+            folder, names = moved
+            print(f"Moved {', '.join(names)} to {folder}: they come after {resume.path} on the branch this "
+                  "resume abandons (nothing deleted)", flush=True)
+    dist.barrier()  # no rank saves before they are gone
+
+
+# -- what `tune validate` checks beyond the config ------------------------------------------
+
+
+def preflight(cfg, method: Method) -> list[str]:
+    """The checks `build_run` makes that need neither weights nor data, for `tune validate`.
+
+    The model is built on the meta device (adapter module names, the recipe's method), and the
+    optimizer, schedule and loss are built on a stand-in parameter, so a value only they
+    refuse (a negative learning rate) is caught without loading anything.
+
+    Returns:
+        Notes for the user (e.g. checkpoint_dir is not downloaded yet, so the model was only
+        checked as far as its builder allows without it).
+
+    Raises:
+        ConfigError, CheckpointError: what `tune run` would refuse before its first step.
+    """
+    notes = []
+    if Path(cfg.checkpoint_dir).is_dir():
+        _checkpointer(cfg)
+        model = instantiate(cfg.model, checkpoint_dir=cfg.checkpoint_dir)
+    else:
+        notes.append(f"checkpoint_dir {cfg.checkpoint_dir} does not exist yet: `tune download REPO_ID "
+                     f"--output-dir {cfg.checkpoint_dir}` before `tune run`")
+        try:
+            model = instantiate(cfg.model, checkpoint_dir=cfg.checkpoint_dir)
+        except CheckpointError:
+            model = None  # a builder that reads config.json: checked once the folder exists
+    if model is not None:
+        _check_method(model, method)
+    stand_in = torch.nn.Parameter(torch.zeros(1))
+    optimizer = _built(cfg.optimizer, "optimizer", [stand_in])
+    if cfg.lr_scheduler is not None:
+        _scheduler(cfg, optimizer, total_steps=1)
+    _loss(cfg)
+    return notes
