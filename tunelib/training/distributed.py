@@ -1,8 +1,8 @@
 """One process or many: the little a training loop needs to know about its peers.
 
-Under torchrun (WORLD_SIZE > 1) a process group is started, NCCL on CUDA and gloo on CPU, so
-the same recipe runs on 2 CPU processes in tests and on 8 GPUs in production. With one
-process every collective is a no-op.
+Under torchrun (WORLD_SIZE > 1) a process group is started, NCCL on CUDA (with gloo for CPU
+tensors) and gloo on CPU, so the same recipe runs on 2 CPU processes in tests and on 8 GPUs in
+production. With one process every collective is a no-op.
 """
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+
+from tunelib.errors import ConfigError
 
 
 @dataclass
@@ -43,7 +45,9 @@ class Dist:
         world = int(os.environ.get("WORLD_SIZE", 1))
         me = cls(world, int(os.environ.get("RANK", 0)), int(os.environ.get("LOCAL_RANK", 0)), device)
         if world > 1 and not dist.is_initialized():
-            backend = "nccl" if device.type == "cuda" else "gloo"
+            # gloo beside NCCL: with fsdp_cpu_offload the shards, gradients and optimizer state
+            # are CPU tensors, and clipping, gathering and saving them are collectives NCCL cannot run.
+            backend = "cuda:nccl,cpu:gloo" if device.type == "cuda" else "gloo"
             dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_seconds))
             # After a timeout the main group's connections are closed and NCCL cannot say which
             # rank is silent; a gloo group of its own can still ask every rank.
@@ -104,20 +108,40 @@ class Dist:
             dist.destroy_process_group()
 
 
-def full_state_dict(model: torch.nn.Module, me: Dist) -> dict[str, torch.Tensor] | None:
-    """The model's whole state dict in CPU memory on rank 0 (None on the others).
+def mesh_shape(world_size: int, shard_dim: int, replicate_dim: int) -> tuple[int, int]:
+    """The (replicate, shard) sizes of the data-parallel mesh from torchtune's two settings.
 
-    Each sharded tensor is gathered in turn and copied to the CPU, so rank 0 holds one full
-    copy of the weights beside its shard, never two. Every rank must call this.
+    `shard_dim=-1` takes what `replicate_dim` leaves of `world_size`.
+
+    Raises:
+        ConfigError: the two do not multiply to `world_size` (the message names both).
     """
-    out: dict[str, torch.Tensor] = {}
-    seen: dict[int, torch.Tensor] = {}
-    for name, tensor in model.state_dict().items():
-        if id(tensor) in seen:  # tied weights: gather once, keep one tensor under both names
-            out[name] = seen[id(tensor)]
-            continue
-        full = tensor.full_tensor() if hasattr(tensor, "full_tensor") else tensor
-        if me.is_main:
-            out[name] = seen[id(tensor)] = full.detach().to("cpu")  # NF4 tensors take no copy= argument
-        del full
-    return out if me.is_main else None
+    shard = world_size // replicate_dim if shard_dim == -1 else shard_dim
+    if replicate_dim * shard == world_size:
+        return replicate_dim, shard
+    asked = f"data_parallel_replicate_dim={replicate_dim} and data_parallel_shard_dim={shard_dim}"
+    if shard_dim == -1:
+        raise ConfigError(f"{asked}: the world size {world_size} is not a multiple of {replicate_dim}, so the shard "
+                          f"dim cannot take the rest; use a data_parallel_replicate_dim that divides {world_size}")
+    raise ConfigError(f"{asked} multiply to {replicate_dim * shard}, but the world size (nnodes x nproc_per_node) is "
+                      f"{world_size}; make their product {world_size}, or set data_parallel_shard_dim=-1")
+
+
+def sync_gradients(model: torch.nn.Module, mode: str, *, last: bool) -> None:
+    """Before a micro-batch's backward: say whether FSDP2 reduces its gradients across ranks.
+
+    Takes the model (FSDP2-sharded, or not: one process has nothing to reduce), `mode`
+    (`fsdp_gradient_sync`: "last_micro_batch" or "every_micro_batch") and whether this is the
+    last micro-batch of the step. Returns nothing.
+    """
+    if not hasattr(model, "set_requires_gradient_sync"):
+        return
+    if mode == "last_micro_batch":
+        # FSDP2 adds the unsharded gradients up locally and reduces once: one reduce-scatter
+        # (and one HSDP all-reduce) per step instead of one per micro-batch.
+        model.set_requires_gradient_sync(last)
+    else:
+        # The reduce-scatter runs each time so gradients stay sharded; only the all-reduce
+        # across replicas, the slow inter-node one under HSDP, waits for the last micro-batch.
+        model.set_requires_gradient_sync(True)
+        model.set_requires_all_reduce(last)

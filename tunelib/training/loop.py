@@ -15,7 +15,7 @@ from typing import Any, Callable, Iterator
 import torch
 
 from tunelib.errors import TrainingStopped
-from tunelib.training.distributed import Dist
+from tunelib.training.distributed import Dist, sync_gradients
 from tunelib.training.loss import count_tokens
 from tunelib.training.memory import peak_memory
 from tunelib.training.progress import Progress
@@ -110,9 +110,10 @@ def _train(run: Run) -> TrainState:
             micro = [next(batches) for _ in range(s.gradient_accumulation_steps)]
             step_tokens = run.dist.sum(sum(count_tokens(b["labels"]) for b in micro))
             step_loss = torch.zeros((), device=run.device)
-            for batch in micro:
+            for i, batch in enumerate(micro):
                 batch = {k: v.to(run.device, non_blocking=True) for k, v in batch.items()}
                 loss = run.loss_fn(model, batch) / max(step_tokens, 1)
+                sync_gradients(model, s.fsdp_gradient_sync, last=i == len(micro) - 1)
                 # FSDP averages gradients over ranks; the loss is already a global mean, so undo it.
                 (loss * run.dist.world_size).backward()
                 step_loss += loss.detach()
