@@ -5,8 +5,10 @@ The `tune` command prints its message as one line on stderr, with no traceback, 
 with code 2. Messages name the key, the row, the file or the shapes, and say how to fix it.
 """
 
+import json
 import os
 import sys
+import time
 
 
 class UserError(Exception):
@@ -44,11 +46,26 @@ def tell(error: UserError) -> int:
     """Print `error` as `tune` reports it, on one line, and return its exit code.
 
     A NothingToDo goes to stdout as it is (under torchrun from rank 0 only: every rank finds
-    the same); any other UserError to stderr as `tune: error: ...`.
+    the same); any other UserError to stderr as `tune: error: ...`, or, in a rank that
+    torchrun started, to torchrun's error file (see `tunelib.cli.run`).
     """
     if isinstance(error, NothingToDo):
         if int(os.environ.get("RANK", 0)) == 0:
             print(error, flush=True)
-    else:
+    elif not _told_to_torchrun(error):
         print(f"tune: error: {error}", file=sys.stderr)
     return error.exit_code
+
+
+def _told_to_torchrun(error: UserError) -> bool:
+    """Under torchrun, leave the message in the error file torchrun gave this rank, so that the
+    `tune` that started torchrun prints it once, not once per rank. False when not under torchrun."""
+    path = os.environ.get("TORCHELASTIC_ERROR_FILE")
+    if not path or int(os.environ.get("WORLD_SIZE", 1)) < 2:
+        return False
+    try:
+        with open(path, "w") as f:
+            json.dump({"message": str(error), "timestamp": int(time.time())}, f)
+    except OSError:
+        return False
+    return True

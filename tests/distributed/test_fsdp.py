@@ -79,6 +79,22 @@ def test_full_finetune_on_two_processes_matches_one(tune, tmp_path):
     assert close(extended.losses, one.losses), (one.losses, extended.losses)
 
 
+@pytest.mark.parametrize("quantized", [False, True], ids=["dora", "qdora"])
+def test_dora_on_two_processes_matches_one(tune, tmp_path, quantized):
+    # The magnitudes are the norms of the loaded base rows: each rank computes its own piece.
+    folder = tiny_model_folder(tmp_path / "m", "llama3_1", hidden_size=256, intermediate_size=512, num_key_value_heads=4)
+    settings = (*FAST, "gradient_accumulation_steps=1", f"model.quantize_base={quantized}")
+    one = finetune(tune, "lora_finetune_single_device", "llama3_1/8B_dora", folder, tmp_path / "one", *settings,
+                   "batch_size=4")
+    two = torchrun_finetune(2, "lora_finetune_distributed", "llama3_1/8B_dora", folder, tmp_path / "two", *settings,
+                            "batch_size=2")
+    assert one.code == 0 and two.code == 0, two.err[-3000:]
+    assert close(two.losses, one.losses, 1e-4), (one.losses, two.losses)
+    a = load_file(tmp_path / "one/final/adapter/adapter_model.safetensors")
+    b = load_file(tmp_path / "two/final/adapter/adapter_model.safetensors")
+    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-4
+
+
 def test_qlora_nf4_base_under_fsdp2(tune, tmp_path):
     # NF4 shards its scale groups over the ranks: every weight needs 2 x 16384 elements.
     folder = tiny_model_folder(tmp_path / "m", "llama3_1", hidden_size=256, intermediate_size=512, num_key_value_heads=4)

@@ -283,12 +283,12 @@ def _full_disk(monkeypatch: pytest.MonkeyPatch, env: Env) -> None:
 
     write = checkpointer.HFCheckpointer._write_model
 
-    def write_until_full(self, model, folder, adapter_only):
+    def write_until_full(self, model, folder, adapter_only, dist=None):
         if folder.name.startswith(".step_"):
             (folder / "adapter").mkdir()
             (folder / "adapter/adapter_model.safetensors").write_bytes(b"\0" * 100)
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        return write(self, model, folder, adapter_only)
+        return write(self, model, folder, adapter_only, dist)
 
     monkeypatch.setattr(checkpointer.HFCheckpointer, "_write_model", write_until_full)
 

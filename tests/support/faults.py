@@ -87,8 +87,8 @@ class SlowCheckpointer(HFCheckpointer):
         self._step = step
         return super().save(model, step=step, **kwargs)
 
-    def _write_model(self, model, folder, adapter_only):
-        super()._write_model(model, folder, adapter_only)
+    def _write_model(self, model, folder, adapter_only, dist=None):
+        super()._write_model(model, folder, adapter_only, dist)
         if self._step == self.pause_at_step:
             self.pause_file.write_text(str(folder))
             time.sleep(600)

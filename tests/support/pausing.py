@@ -26,8 +26,8 @@ class PauseInFinalSave(HFCheckpointer):
         self._final = final
         return super().save(model, final=final, **kwargs)
 
-    def _write_model(self, model, folder, adapter_only):
-        super()._write_model(model, folder, adapter_only)
+    def _write_model(self, model, folder, adapter_only, dist=None):
+        super()._write_model(model, folder, adapter_only, dist)
         if self._final:
             self.pause_file.write_text(str(folder))
             end = time.monotonic() + self.wait_s

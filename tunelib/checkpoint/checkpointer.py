@@ -36,8 +36,9 @@ import torch
 
 from tunelib.checkpoint import atomic, training_state
 from tunelib.checkpoint.hf_load import load_hf_weights
-from tunelib.checkpoint.hf_save import save_hf_folder
+from tunelib.checkpoint.hf_save import save_hf_weights
 from tunelib.checkpoint.writes import write_failure
+from tunelib.dtensors import whole_params
 from tunelib.errors import CheckpointError, ConfigError, TrainingStopped
 
 ADAPTER, MERGED = "adapter", "merged"
@@ -73,7 +74,7 @@ class HFCheckpointer:
     # -- reading ---------------------------------------------------------------------------
 
     def load_model(self, model: torch.nn.Module, *, dtype: torch.dtype, device: torch.device,
-                   resume: atomic.Checkpoint | None = None) -> None:
+                   resume: atomic.Checkpoint | None = None, buffer_device: torch.device | None = None) -> None:
         """Stream weights into a meta-built model: the base from checkpoint_dir (NF4 where QLoRA
         asks for it), or, when resuming full fine-tuning, the checkpoint's own weights.
 
@@ -83,7 +84,7 @@ class HFCheckpointer:
         from tunelib.peft import adapter_params, is_adapter_key, nf4_transform
 
         folder = resume.path if resume is not None and not adapter_params(model) else self.checkpoint_dir
-        load_hf_weights(model, folder, dtype=dtype, device=device,
+        load_hf_weights(model, folder, dtype=dtype, device=device, buffer_device=buffer_device,
                         transform=nf4_transform(model), ignore_missing=is_adapter_key)
 
     def load_adapter(self, model: torch.nn.Module, checkpoint: atomic.Checkpoint) -> None:
@@ -111,9 +112,10 @@ class HFCheckpointer:
              extra: Callable[[Path], None] | None = None, dist=None) -> Path:
         """Write a complete checkpoint folder (`final` or `step_<step>`) and return its path.
 
-        `model` is written as an HF or PEFT folder (None: this rank writes no weights; under
-        torchrun only rank 0 holds the gathered model). `extra(folder)` writes more files into
-        it, on every rank, before it is marked complete (the training state, the config).
+        `model` is written as an HF or PEFT folder (None: no weights). Under torchrun every rank
+        calls this with its sharded model: the weights are gathered piece by piece and rank 0
+        writes them, so no rank ever holds the whole model. `extra(folder)` writes more files
+        into it, on every rank, before it is marked complete (the training state, the config).
 
         Raises:
             TrainingStopped: the folder cannot be written (full disk, permissions); the
@@ -123,7 +125,7 @@ class HFCheckpointer:
         try:
             with atomic.atomic_folder(folder, step=step, is_final=final, dist=dist) as tmp:
                 if model is not None:
-                    self._write_model(model, tmp, adapter_only)
+                    self._write_model(model, tmp, adapter_only, dist)
                 if extra is not None:
                     extra(tmp)
         except BaseException as e:  # noqa: BLE001 - only a failed write is told here; the rest is re-raised
@@ -138,24 +140,28 @@ class HFCheckpointer:
             atomic.prune(self.output_dir, self.keep_last_n)
         return folder
 
-    def _write_model(self, model: torch.nn.Module, folder: Path, adapter_only: bool) -> None:
-        from tunelib.peft import (adapter_params, llama_adapter_spec, merged_state_dict, save_llama_adapter,
+    def _write_model(self, model: torch.nn.Module, folder: Path, adapter_only: bool, dist=None) -> None:
+        """The model's folders, written by the first process. Under FSDP2 every process takes
+        part: weights are gathered one decoder layer at a time, adapters all at once (small)."""
+        from tunelib.peft import (adapter_params, llama_adapter_spec, merged_weights, save_llama_adapter,
                                   save_peft_adapter)
 
+        writer = dist is None or dist.is_main
         source = self.checkpoint_dir if (self.checkpoint_dir / "config.json").is_file() else None
-        if not adapter_params(model):
-            save_hf_folder(model.state_dict(), folder, source_dir=source, config=model.config,
-                           max_shard_size=self.max_shard_size)
-            return
-        if llama_adapter_spec(model) is not None:  # tunelib's own format: PEFT has none for LLaMA-Adapter
-            save_llama_adapter(model, folder / ADAPTER, base_model_name_or_path=self.base_model_name())
-        else:
-            save_peft_adapter(model, folder / ADAPTER, base_model_name_or_path=self.base_model_name(),
-                              fused_projections=self._fused(model))
-        if not adapter_only:  # LLaMA-Adapter v2: its scales and biases folded, see tunelib.peft.merged_state_dict
-            weights, updates = merged_state_dict(model)
-            save_hf_folder(weights, folder / MERGED, source_dir=source, config=model.config,
-                           max_shard_size=self.max_shard_size, config_updates=updates)
+        if adapter_params(model):
+            with whole_params(model, list(adapter_params(model))):
+                if writer and llama_adapter_spec(model) is not None:  # tunelib's own format: PEFT has none for it
+                    save_llama_adapter(model, folder / ADAPTER, base_model_name_or_path=self.base_model_name())
+                elif writer:
+                    save_peft_adapter(model, folder / ADAPTER, base_model_name_or_path=self.base_model_name(),
+                                      fused_projections=self._fused(model))
+            if adapter_only:
+                return
+            folder = folder / MERGED  # LLaMA-Adapter v2: its scales and biases folded, see merged_weights
+        # Without adapters this is the model's own weights, tied ones once.
+        weights, updates = merged_weights(model)
+        save_hf_weights(weights, folder, source_dir=source, config=model.config, max_shard_size=self.max_shard_size,
+                        config_updates=updates, gather=lambda names: _whole_modules(model, names), writer=writer)
 
     @staticmethod
     def _fused(model: torch.nn.Module):
@@ -251,6 +257,14 @@ class HFCheckpointer:
             what = ", ".join([c.path.name for c in found] + (["metrics.jsonl"] if logged else []))
             raise ConfigError(f"output_dir {self.output_dir} already holds a run ({what}); set "
                               "resume_from_checkpoint=True to continue it, or choose another output_dir")
+
+
+def _whole_modules(model: torch.nn.Module, names: list[str]):
+    """`whole_params` for every parameter of the modules that own `names` (their adapters too,
+    which a merged weight is computed from)."""
+    owners = tuple(f"{name.rpartition('.')[0]}." for name in names)
+    wanted = [name for name, _ in model.named_parameters(remove_duplicate=False) if name.startswith(owners)]
+    return whole_params(model, wanted)
 
 
 def _say(message: str) -> None:

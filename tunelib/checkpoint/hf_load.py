@@ -1,20 +1,26 @@
 """Stream a Hugging Face model folder's weights into a model built on the meta device.
 
-One tensor is read, converted, placed and assigned at a time, so loading needs about one
-copy of the weights, not two. The model's family maps checkpoint keys to parameter names
-(usually the same; Phi-3 splits its fused projections); this file knows no family.
+One tensor is read, converted, placed and assigned at a time, straight into fresh memory
+(safetensors files are read, not mapped), so loading costs the weights' bytes once. When the
+model was sharded with FSDP2 before loading, each parameter is a DTensor and each process
+reads and keeps only its own rows of it (quantizing its piece to NF4 for QLoRA), so no
+process ever holds the whole model. The model's family maps checkpoint keys to parameter
+names (usually the same; Phi-3 splits its fused projections); this file knows no family.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 from typing import Callable, Iterator
 
 import torch
 from torch import nn
+from torch.distributed.tensor import DTensor, Replicate, Shard
 
 from tunelib.checkpoint.safe_load import load_weights_only
+from tunelib.checkpoint.safetensors_io import SafetensorsReader
 from tunelib.errors import CheckpointError
 from tunelib.models.registry import format_for
 
@@ -50,24 +56,48 @@ def weight_files(folder: Path) -> list[Path]:
                           "with model.safetensors.index.json, or pytorch_model.bin")
 
 
-def read_tensors(path: Path) -> Iterator[tuple[str, torch.Tensor]]:
-    """(key, tensor) pairs of one weight file, one tensor in memory at a time where the format allows."""
-    if path.suffix == ".safetensors":
-        from safetensors import SafetensorError, safe_open
+class _TorchFile:
+    """A pytorch_model.bin with the reader's interface (weights-only unpickling, mapped)."""
 
-        try:
-            with safe_open(str(path), framework="pt", device="cpu") as f:
-                for key in f.keys():
-                    yield key, f.get_tensor(key)
-        except SafetensorError as e:  # a truncated download or a file that is not safetensors
-            raise CheckpointError(f"cannot read {path}: {str(e).splitlines()[0]}; the file is damaged "
-                                  "or incomplete (download it again)") from None
-        return
-    state = load_weights_only(path, mmap=True)  # mmap pages tensors in on use
-    if not isinstance(state, dict):
-        raise CheckpointError(f"{path} does not hold a state dict of tensors")
-    for key in list(state):
-        yield key, state.pop(key)
+    def __init__(self, path: Path):
+        self.path = path
+        state = load_weights_only(path, mmap=True)  # mmap pages tensors in on use
+        if not isinstance(state, dict):
+            raise CheckpointError(f"{path} does not hold a state dict of tensors")
+        self._state = state
+
+    def keys(self) -> list[str]:
+        return list(self._state)
+
+    def meta(self, key: str) -> torch.Tensor:
+        return torch.empty_like(self._state[key], device="meta")
+
+    def read(self, key: str) -> torch.Tensor:
+        return self._state.pop(key).clone()  # out of the mapping, into memory of its own
+
+    def read_rows(self, key: str, start: int, stop: int) -> torch.Tensor:
+        return self._state.pop(key)[start:stop].clone()
+
+
+@contextlib.contextmanager
+def open_weights(path: Path) -> Iterator[SafetensorsReader | _TorchFile]:
+    """A reader of one weight file: `keys()`, `meta(key)`, `read(key)`, `read_rows(key, start, stop)`.
+
+    Raises:
+        CheckpointError: the file is damaged (the message names it).
+    """
+    if path.suffix == ".safetensors":
+        with SafetensorsReader(path) as reader:
+            yield reader
+    else:
+        yield _TorchFile(path)
+
+
+def read_tensors(path: Path) -> Iterator[tuple[str, torch.Tensor]]:
+    """(key, tensor) pairs of one weight file, one tensor in memory at a time."""
+    with open_weights(path) as source:
+        for key in source.keys():
+            yield key, source.read(key)
 
 
 class _Slots:
@@ -96,7 +126,7 @@ class _Slots:
             module_name, _, attr = target.rpartition(".")
             module = self.model.get_submodule(module_name)
             if isinstance(tensor, nn.Parameter):
-                setattr(module, attr, tensor)
+                setattr(module, attr, tensor)  # FSDP2 takes a new sharded parameter up at its first forward
             else:
                 module.register_buffer(attr, tensor)
         self.loaded.add(name)
@@ -105,39 +135,118 @@ class _Slots:
 def load_hf_weights(model: nn.Module, folder: str | Path, *, dtype: torch.dtype | None = None,
                     device: torch.device | str | None = None,
                     transform: Callable[[str, torch.Tensor], torch.Tensor] | None = None,
-                    ignore_missing: Callable[[str], bool] | None = None) -> nn.Module:
+                    ignore_missing: Callable[[str], bool] | None = None,
+                    buffer_device: torch.device | str | None = None) -> nn.Module:
     """Load the weights of an HF model folder into `model` (built on meta) and return it.
 
     Args:
-        model: a CausalLM (possibly with adapters) whose parameters may be on the meta device.
+        model: a CausalLM (possibly with adapters) whose parameters may be on the meta device,
+            and may be FSDP2-sharded DTensors: then this process reads only its own rows.
         folder: holds model.safetensors, shards with model.safetensors.index.json, or
             pytorch_model.bin (read with `torch.load(weights_only=True)`, never a full pickle).
         dtype: floating-point weights are converted to it; None keeps the checkpoint's dtype.
         device: where the weights go (default CPU).
-        transform: `transform(name, tensor) -> tensor`, applied last (QLoRA quantizes here).
+        transform: `transform(name, tensor) -> tensor`, applied last (QLoRA quantizes here; on
+            a sharded model it gets this process's piece).
         ignore_missing: `ignore_missing(name)` is True for parameters the checkpoint need not
-            have (adapters); they stay where they are, typically on meta.
+            have (adapters); they stay where they are.
+        buffer_device: where computed buffers (RoPE) go, when not `device` (FSDP2's CPU
+            offload keeps the weights in CPU memory and computes on the GPU).
 
     Raises:
-        CheckpointError: a key the model lacks, a key the checkpoint lacks, or a shape that
-            differs; the message names the key, both shapes and the file.
+        CheckpointError: a key the model lacks, a key the checkpoint lacks, a shape that
+            differs, or a damaged file; the message names the key, both shapes and the file.
     """
     folder, device = Path(folder), torch.device(device or "cpu")
     fmt = format_for(model.config)
     slots = _Slots(model)
     for path in weight_files(folder):
-        for key, tensor in read_tensors(path):
-            if key.endswith(_IGNORED) or key in slots.tied:
-                continue  # a tied checkpoint may store lm_head too: the embedding is the weight
-            for name, part in fmt.split(key, tensor, model.config):
-                _check(slots, name, part, path)
-                if dtype is not None and part.is_floating_point():
-                    part = part.to(dtype)
-                part = part.to(device)
-                slots.assign(name, transform(name, part) if transform else part)
+        with open_weights(path) as source:
+            for key in source.keys():
+                if key.endswith(_IGNORED) or key in slots.tied:
+                    continue  # a tied checkpoint may store lm_head too: the embedding is the weight
+                for name, part, is_local in _parts(fmt, key, source, slots, model.config, path, transform):
+                    part = part.to(dtype) if dtype is not None and part.is_floating_point() else part
+                    slots.assign(name, _placed(part, slots.targets[name], device, transform, name, is_local))
     _check_complete(slots, ignore_missing, folder)
-    materialize_buffers(model, device)
+    materialize_buffers(model, torch.device(buffer_device) if buffer_device is not None else device)
     return model
+
+
+def _parts(fmt, key: str, source, slots: _Slots, config, path: Path, transform):
+    """(our name, tensor, whether it is already this process's piece) for one checkpoint key.
+
+    A key that is one parameter as it is (the usual case) is read by rows when the parameter
+    is sharded by rows; a key the family splits (fused projections), or one the transform
+    changes (NF4, which needs the whole weight), is read whole.
+    """
+    stored = source.meta(key)
+    planned = list(fmt.split(key, stored, config))
+    for name, meta in planned:
+        _check(slots, name, meta, path)
+    if len(planned) == 1 and planned[0][1].shape == stored.shape and not _transforms(transform, planned[0][0]):
+        name = planned[0][0]
+        rows = _local_rows(slots.targets[name])
+        if rows is not None:
+            return [(name, source.read_rows(key, *rows), True)]
+        return [(name, source.read(key), False)]
+    return [(name, part, False) for name, part in fmt.split(key, source.read(key), config)]
+
+
+def _transforms(transform, name: str) -> bool:
+    """Whether `transform` may change the weight `name` (one without a `names` set: any)."""
+    return transform is not None and name in getattr(transform, "names", {name})
+
+
+def _local_rows(target: torch.Tensor) -> tuple[int, int] | None:
+    """The rows of dim 0 this process keeps of a DTensor sharded by rows only, else None."""
+    if not isinstance(target, DTensor):
+        return None
+    sharded = [i for i, p in enumerate(target.placements) if p != Replicate()]
+    if len(sharded) != 1 or target.placements[sharded[0]] != Shard(0):
+        return None
+    mesh_dim = sharded[0]
+    rows, parts = target.shape[0], target.device_mesh.size(mesh_dim)
+    chunk = -(-rows // parts)
+    start = min(target.device_mesh.get_local_rank(mesh_dim) * chunk, rows)
+    stop = min(start + chunk, rows)
+    if (stop - start,) + tuple(target.shape[1:]) != tuple(target.to_local().shape):
+        return None  # not torch.chunk's split after all: take the general path
+    return start, stop
+
+
+def _placed(part: torch.Tensor, target: torch.Tensor, device: torch.device, transform, name: str,
+            is_local: bool) -> torch.Tensor:
+    """`part` as the value of `target`: on `device`, transformed, and as this process's shard
+    of a DTensor when the target is one."""
+    if not isinstance(target, DTensor):
+        part = part.to(device)
+        return transform(name, part) if transform else part
+    if _transforms(transform, name):  # the whole weight: see tunelib.quantization.nf4.nf4_transform
+        local = _local_piece(transform(name, part.to(device)), target)
+    else:
+        local = (part if is_local else _local_piece(part, target)).to(device)
+    return DTensor.from_local(local, target.device_mesh, target.placements, run_check=False,
+                              shape=target.shape, stride=target.stride())
+
+
+def _local_piece(full: torch.Tensor, target: DTensor) -> torch.Tensor:
+    """This process's piece of `full` under `target`'s placements (torch.chunk per sharded mesh dim)."""
+    piece = full
+    for mesh_dim, placement in enumerate(target.placements):
+        if placement == Replicate():
+            continue
+        if not isinstance(placement, Shard):
+            raise CheckpointError(f"cannot load into a parameter placed as {placement}; only Shard and "
+                                  "Replicate placements are supported")
+        chunks = torch.chunk(piece, target.device_mesh.size(mesh_dim), dim=placement.dim)
+        rank = target.device_mesh.get_local_rank(mesh_dim)
+        piece = chunks[rank] if rank < len(chunks) else piece.narrow(placement.dim, 0, 0)
+    # Its own contiguous memory, so the full tensor is freed after this (new_zeros + copy_ is
+    # what torchao's NF4 tensor implements for FSDP; clone would keep strided inner tensors).
+    own = piece.new_zeros(piece.shape)
+    own.copy_(piece)
+    return own
 
 
 def _check(slots: _Slots, name: str, tensor: torch.Tensor, path: Path) -> None:

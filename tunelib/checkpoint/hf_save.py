@@ -8,16 +8,20 @@ model it came from. Writing into a temporary folder and renaming it is the calle
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
+import re
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, ContextManager
 
 import torch
 
+from tunelib.checkpoint.safetensors_io import Planned, write_streamed
 from tunelib.models.config import DecoderConfig
 from tunelib.models.registry import format_for, load_json, read_hf_config
+from tunelib.peft.pending import PendingWeight
 
 # Copied from the source folder when present; everything a tokenizer or a license needs.
 COPIED_FILES = (
@@ -27,6 +31,7 @@ COPIED_FILES = (
     "USE_POLICY.md",
 )
 _DTYPE_NAMES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
+_LAYER = re.compile(r"^model\.layers\.\d+\.")
 
 
 def hf_state_dict(state_dict: dict[str, torch.Tensor], config: DecoderConfig) -> dict[str, torch.Tensor]:
@@ -57,21 +62,81 @@ def save_hf_folder(state_dict: dict[str, torch.Tensor], out_dir: str | Path, *, 
     Raises:
         CheckpointError: source_dir's config.json is missing or unsupported.
     """
+    weights = {name: PendingWeight(tuple(t.shape), t.dtype, lambda t=t: t) for name, t in state_dict.items()}
+    return save_hf_weights(weights, out_dir, source_dir=source_dir, config=config, max_shard_size=max_shard_size,
+                           config_updates=config_updates)
+
+
+def save_hf_weights(weights: dict[str, PendingWeight], out_dir: str | Path, *, source_dir: str | Path | None = None,
+                    config: DecoderConfig | None = None, max_shard_size: int | str = "5GB",
+                    config_updates: dict[str, Any] | None = None,
+                    gather: Callable[[list[str]], ContextManager] | None = None, writer: bool = True) -> Path:
+    """Write `weights` as an HF model folder, computing and writing them one group at a time.
+
+    A group is one decoder layer's weights, or one other weight; it is computed (after
+    `gather(its names)` made them whole, when given: every process must call this alike
+    under FSDP2), fused into the checkpoint's keys, written, and dropped before the next, so
+    the writer holds at most one layer beside the model. Other arguments as `save_hf_folder`;
+    `writer=False` on processes that only take part in the gathers (they write nothing).
+    """
     if config is None and source_dir is None:
         raise ValueError("save_hf_folder needs source_dir or config to know the model's format")
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     source = Path(source_dir) if source_dir is not None else None
     config = config or read_hf_config(source)
     if (config_updates or {}).get("tie_word_embeddings") is False and config.tie_word_embeddings:
         # A merged lm_head or embedding adapter unties the two: write both weights.
         config = dataclasses.replace(config, tie_word_embeddings=False)
-    tensors = {name: t.detach().to("cpu").contiguous() for name, t in hf_state_dict(state_dict, config).items()}
-    from huggingface_hub import save_torch_state_dict
-
-    save_torch_state_dict(tensors, out, max_shard_size=max_shard_size)  # shards carry {"format": "pt"}
-    write_folder_files(out, config, source, tensors, config_updates or {})
+    groups = [(_planned(weights, names, config), _producer(weights, names, config, gather, writer))
+              for names in _groups(weights)]
+    if writer:
+        out.mkdir(parents=True, exist_ok=True)
+    write_streamed(out, groups, parse_size(max_shard_size), writer=writer)
+    if writer:
+        planned = {t.key: torch.empty(t.shape, dtype=t.dtype, device="meta") for plan, _ in groups for t in plan}
+        write_folder_files(out, config, source, planned, config_updates or {})
     return out
+
+
+def parse_size(size: int | str) -> int:
+    """Bytes in a size such as 5GB (10^9, as Hugging Face counts) or 512MiB (2^20); ints as they are.
+
+    Raises:
+        ValueError: not a size.
+    """
+    if isinstance(size, int):
+        return size
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B|B)?\s*", str(size), flags=re.IGNORECASE)
+    if not match:
+        raise ValueError(f"max_shard_size={size!r} is not a size such as 5GB or 500MB")
+    unit = (match.group(2) or "B").upper()
+    factor = 1024 ** "BKMGT".index(unit[0]) if "I" in unit else 1000 ** "BKMGT".index(unit[0])
+    return int(float(match.group(1)) * factor)
+
+
+def _groups(weights: dict[str, PendingWeight]) -> list[list[str]]:
+    """Names by decoder layer (`model.layers.N.`), and each other name alone, in model order."""
+    groups: dict[str, list[str]] = {}
+    for name in weights:
+        layer = _LAYER.match(name)
+        groups.setdefault(layer.group(0) if layer else name, []).append(name)
+    return list(groups.values())
+
+
+def _planned(weights: dict[str, PendingWeight], names: list[str], config: DecoderConfig) -> list[Planned]:
+    meta = {name: torch.empty(weights[name].shape, dtype=weights[name].dtype, device="meta") for name in names}
+    return [Planned(key, tuple(t.shape), t.dtype) for key, t in hf_state_dict(meta, config).items()]
+
+
+def _producer(weights: dict[str, PendingWeight], names: list[str], config: DecoderConfig, gather, writer: bool):
+    def produce() -> dict[str, torch.Tensor] | None:
+        with gather(names) if gather is not None else contextlib.nullcontext():
+            values = {name: weights[name].make() for name in names}
+            if not writer:
+                return None
+            return {key: t.detach().to("cpu").contiguous() for key, t in hf_state_dict(values, config).items()}
+
+    return produce
 
 
 def write_folder_files(out: Path, config: DecoderConfig, source: Path | None, tensors: dict,

@@ -14,6 +14,8 @@ Overrides: key=value, --key=value, --key value, ~key (remove), +key=value (add).
 
 from __future__ import annotations
 
+import logging
+import os
 import sys
 from pathlib import Path
 
@@ -107,6 +109,11 @@ def _torchrun(args) -> int:
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import run
 
+    # Its own report of a failed rank would stand beside ours: tune says what failed, once.
+    logging.getLogger("torch.distributed.elastic.multiprocessing.api").setLevel(logging.CRITICAL)
+    # torchrun gives each process one CPU thread unless told otherwise, and prints a banner
+    # saying so; the same choice, made here, goes without the banner.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
     try:
         run(args)
     except SignalException as e:
@@ -114,9 +121,14 @@ def _torchrun(args) -> int:
         print(f"tune: stopped by {e.sigval.name}; the ranks saved a checkpoint to resume from", file=sys.stderr)
         return 128 + int(e.sigval)
     except ChildFailedError as e:
-        # The first rank to fail is the cause; the others were stopped because of it.
-        rank, failure = min(e.failures.items(), key=lambda item: (item[1].timestamp, item[0]))
-        print(f"tune: error: rank {rank} failed with exit code {failure.exitcode}"
-              f" (see its output above)", file=sys.stderr)
+        # The first rank to exit with an error is the cause; the others were stopped because of it
+        # (by a signal: a negative exit code).
+        failed = {r: f for r, f in e.failures.items() if f.exitcode > 0} or e.failures
+        rank, failure = min(failed.items(), key=lambda item: (item[1].timestamp, item[0]))
+        if failure.error_file_data.get("message"):  # a one-line error the rank left for us (tunelib.errors.tell)
+            print(f"tune: error: {failure.message}", file=sys.stderr)
+        else:
+            print(f"tune: error: rank {rank} failed with exit code {failure.exitcode}"
+                  f" (see its output above)", file=sys.stderr)
         return failure.exitcode if failure.exitcode > 0 else 1
     return 0

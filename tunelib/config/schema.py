@@ -115,6 +115,9 @@ def describe(schema: type) -> list[tuple[str, str, str, str]]:
     """(name, type, default, one line of doc) for each setting of `schema`, in declaration order."""
     rows = []
     for info in schema_fields(schema).values():
-        default = "required" if info.required else repr(info.default) if isinstance(info.default, str) else str(info.default)
+        if info.required:
+            default = "required"
+        else:
+            default = repr(info.default) if isinstance(info.default, str) else str(info.default)
         rows.append((info.name, type_name(info.annotation), default, info.doc))
     return rows

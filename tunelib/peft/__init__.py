@@ -34,7 +34,7 @@ from tunelib.peft.fused import (
     split_fused_lora,
 )
 from tunelib.peft.lora import LoRAEmbedding, LoRALinear, LoraSpec
-from tunelib.peft.merge import merged_state_dict
+from tunelib.peft.merge import merged_state_dict, merged_weights
 from tunelib.peft.params import (
     adapter_params,
     adapter_state_dict,
@@ -169,6 +169,7 @@ __all__ = [
     "load_peft_adapter",
     "lora_modules",
     "merged_state_dict",
+    "merged_weights",
     "nf4_transform",
     "save_peft_adapter",
     "set_trainable",

@@ -19,6 +19,7 @@ from torch import nn
 from tunelib.models.config import DecoderConfig
 from tunelib.peft.llama_adapter import AdapterV2Linear, PromptedAttention, llama_adapter_spec
 from tunelib.peft.params import is_adapter_key
+from tunelib.peft.pending import PendingWeight
 from tunelib.quantization import nf4
 
 # Which DecoderConfig switch gives a linear (by its Hugging Face leaf name) a bias.
@@ -26,15 +27,15 @@ _BIAS_FLAG = {"q_proj": "qkv_bias", "k_proj": "qkv_bias", "v_proj": "qkv_bias", 
               "gate_proj": "mlp_bias", "up_proj": "mlp_bias", "down_proj": "mlp_bias"}
 
 
-def fold_llama_adapter_v2(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, object]]:
-    """Return `(state_dict, config_updates)` of a plain Hugging Face model with v2's linears folded.
+def folded_weights(model: nn.Module) -> tuple[dict[str, PendingWeight], dict[str, object]]:
+    """Return `(weights, config_updates)` of a plain Hugging Face model with v2's linears folded.
 
     Every v2 linear becomes `diag(s) W` (computed in fp32, cast to the base dtype; NF4 is
     dequantised) with bias `s ⊙ (b + bias)` where the architecture can hold a bias;
     `config_updates` turns on the bias switches needed (e.g. `{"attention_bias": True}`) and
     unties a tied lm_head, whose scale makes it differ from the embedding. Trained norm
     weights are the model's own; prompts, gates and biases without a place are left out.
-    Other tensors are the model's own (not copies), so write them out before training on.
+    Values are computed from the parameters as they are when asked (see `merged_weights`).
 
     Raises:
         ValueError: the model has no LLaMA-Adapter v2.
@@ -43,16 +44,28 @@ def fold_llama_adapter_v2(model: nn.Module) -> tuple[dict[str, torch.Tensor], di
     if spec is None or spec.version != "v2":
         raise ValueError("only LLaMA-Adapter v2 folds into plain weights; v1 is prompts only, which cannot")
     slots = bias_slots(model.config)
-    weights = {key: nf4.dequantize(value) for key, value in model.state_dict().items() if not is_adapter_key(key)}
+    weights = {}
+    for key, value in model.state_dict(keep_vars=True).items():
+        if not is_adapter_key(key):
+            module_name, _, attr = key.rpartition(".")
+            module = model.get_submodule(module_name) if module_name else model
+            weights[key] = PendingWeight(tuple(value.shape), value.dtype,
+                                         lambda m=module, a=attr: nf4.dequantize(getattr(m, a)))
     for name, module in _v2_linears(model).items():
-        weight, bias = module.folded()
-        weights[f"{name}.weight"] = weight
+        shape, dtype = tuple(module.weight.shape), module.weight.dtype
+        weights[f"{name}.weight"] = PendingWeight(shape, dtype, lambda m=module: m.folded()[0])
         if _holds_bias(name, slots):
-            weights[f"{name}.bias"] = bias
+            weights[f"{name}.bias"] = PendingWeight((shape[0],), dtype, lambda m=module: m.folded()[1])
     updates = _config_updates(model.config, slots)
     if model.config.tie_word_embeddings:
         updates["tie_word_embeddings"] = False
     return weights, updates
+
+
+def fold_llama_adapter_v2(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, object]]:
+    """`folded_weights` with every value computed: `(state_dict, config_updates)`."""
+    weights, updates = folded_weights(model)
+    return {key: pending.make() for key, pending in weights.items()}, updates
 
 
 def fold_leaves_out(model: nn.Module) -> list[str]:

@@ -25,7 +25,7 @@ from torch import nn
 
 from tunelib.errors import CheckpointError, ConfigError
 from tunelib.peft.llama_adapter import LlamaAdapterSpec, add_llama_adapter, checked_spec, llama_adapter_spec
-from tunelib.peft.params import adapter_params, lora_modules
+from tunelib.peft.params import adapter_params, lora_modules, put_value
 from tunelib.peft.peft_folder import read_safetensors
 
 CONFIG_NAME = "tunelib_llama_adapter.json"
@@ -131,14 +131,6 @@ def _load_tensors(model: nn.Module, tensors: dict[str, torch.Tensor], adapter_di
     if missing:
         more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
         raise CheckpointError(f"{adapter_dir}: the adapter file has no tensor for {missing[0]}{more}")
-    with torch.no_grad():
-        for name, tensor in tensors.items():
-            _assign(model, name, params[name], tensor)
+    for name, tensor in tensors.items():
+        put_value(model, name, tensor)
 
-
-def _assign(model: nn.Module, name: str, param: nn.Parameter, tensor: torch.Tensor) -> None:
-    if not param.is_meta:
-        param.copy_(tensor.to(param.dtype))
-        return
-    owner, _, leaf = name.rpartition(".")  # a model built on meta and not initialised: values go to the CPU
-    setattr(model.get_submodule(owner), leaf, nn.Parameter(tensor.to(param.dtype), requires_grad=param.requires_grad))

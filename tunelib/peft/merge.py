@@ -1,49 +1,83 @@
-"""Fold adapters into plain weights, for a Hugging Face model folder that needs no PEFT."""
+"""Fold adapters into plain weights, for a Hugging Face model folder that needs no PEFT.
+
+Each weight of the folder is given as a `PendingWeight`: its shape and dtype at once, its
+values only when asked. A writer asks for them one at a time, as it writes them, so a merge
+never holds a second copy of the model; `merged_state_dict` asks for all of them at once,
+for callers that want a plain dict.
+"""
 
 from __future__ import annotations
 
 from collections import defaultdict
+from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from torch import nn
+from torch.distributed.tensor import DTensor
 
 from tunelib.peft.params import is_adapter_key, lora_modules
+from tunelib.peft.pending import PendingWeight
 from tunelib.quantization import nf4
 
 
-def merged_state_dict(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, object]]:
-    """Return `(state_dict, config_updates)`: the model's weights with every adapter merged in.
+def merged_weights(model: nn.Module) -> tuple[dict[str, PendingWeight], dict[str, object]]:
+    """Return `(weights, config_updates)`: every weight of the model with its adapters merged in.
 
     Each adapted weight becomes `W + s·BA` (DoRA: rescaled per row to its magnitude), computed
     in fp32 and cast back to the base dtype; NF4 weights are dequantised; adapter keys are
-    dropped. Other tensors are the model's own (not copies), so write them out before training
-    on. Of weights tied together, only the first name is kept, as Hugging Face saves them,
-    unless an adapter on one of them made them differ: then every name is written and
-    `config_updates` is `{"tie_word_embeddings": False}`, which the caller must write into
-    config.json (otherwise transformers would tie lm_head to the merged embedding again).
+    dropped. Values are computed from the module's parameters as they are when asked (so a
+    writer may gather sharded ones first). Of weights tied together, only the first name is
+    kept, as Hugging Face saves them, unless an adapter on one of them made them differ: then
+    every name is written and `config_updates` is `{"tie_word_embeddings": False}`, which the
+    caller must write into config.json (otherwise transformers would tie lm_head to the merged
+    embedding again).
 
-    A LLaMA-Adapter v2 model is folded by `fold_llama_adapter_v2` (its prompts cannot be);
-    for v1 this raises ValueError, since prompts are all it has.
+    A LLaMA-Adapter v2 model is folded by `folded_weights` (its prompts cannot be); for v1
+    this raises ValueError, since prompts are all it has.
     """
     from tunelib.peft.llama_adapter import llama_adapter_spec  # see tunelib/peft/__init__.py on import order
-    from tunelib.peft.llama_adapter_fold import fold_llama_adapter_v2
+    from tunelib.peft.llama_adapter_fold import folded_weights
 
     if llama_adapter_spec(model) is not None:
-        return fold_llama_adapter_v2(model)
-    merged = {f"{name}.weight": module.merged_weight() for name, module in lora_modules(model).items()}
-    weights = {
-        key: merged[key] if key in merged else nf4.dequantize(value)
-        for key, value in model.state_dict().items()
-        if not is_adapter_key(key)
-    }
+        return folded_weights(model)
+    adapted = {f"{name}.weight": module for name, module in lora_modules(model).items()}
+    weights = {}
+    for key, value in model.state_dict(keep_vars=True).items():
+        if is_adapter_key(key):
+            continue
+        module, attr = _owner(model, key)
+        make = adapted[key].merged_weight if key in adapted else _live(module, attr)
+        weights[key] = PendingWeight(tuple(value.shape), value.dtype, make)
     config_updates: dict[str, object] = {}
     for names in _tied_groups(model):
-        if any(name in merged for name in names):
+        if any(name in adapted for name in names):
             config_updates["tie_word_embeddings"] = False
         else:
             for alias in names[1:]:
                 weights.pop(alias, None)
     return weights, config_updates
+
+
+def merged_state_dict(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, object]]:
+    """`merged_weights` with every value computed: `(state_dict, config_updates)`.
+
+    Tensors that need no merge are the model's own (not copies), so write them out before
+    training on.
+    """
+    weights, updates = merged_weights(model)
+    return {key: pending.make() for key, pending in weights.items()}, updates
+
+
+def _owner(model: nn.Module, key: str) -> tuple[nn.Module, str]:
+    module_name, _, attr = key.rpartition(".")
+    return (model.get_submodule(module_name) if module_name else model), attr
+
+
+def _live(module: nn.Module, attr: str) -> Callable[[], torch.Tensor]:
+    # The attribute is read when the value is asked for: a writer may have put a gathered
+    # (whole) tensor in place of a shard by then.
+    return lambda: nf4.dequantize(getattr(module, attr))
 
 
 def _tied_groups(model: nn.Module) -> list[list[str]]:
@@ -57,6 +91,6 @@ def _tied_groups(model: nn.Module) -> list[list[str]]:
 def _identity(t: torch.Tensor) -> object:
     # Tied weights may be one Parameter under two names, or two Parameters over one storage
     # (as a loader that assigns each name may leave them); both are the same weight.
-    if t.is_meta or nf4.is_nf4(t):
+    if t.is_meta or nf4.is_nf4(t) or isinstance(t, DTensor):
         return id(t)
     return (t.device, t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.stride())

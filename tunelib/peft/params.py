@@ -6,7 +6,9 @@ import re
 
 import torch
 from torch import nn
+from torch.distributed.tensor import DTensor, distribute_tensor
 
+from tunelib.dtensors import whole_params
 from tunelib.peft.dora import DoRAEmbedding, DoRALinear
 from tunelib.peft.lora import LoRAEmbedding, LoRALinear
 
@@ -78,23 +80,61 @@ def initialize_adapters(model: nn.Module, device: torch.device | str | None = No
     Adapters are drawn in model order on the CPU generator, so the same torch seed gives the
     same adapters on any device: Linear A kaiming-uniform (a=√5) and B zeros; embedding A
     zeros and B ~ N(0, 1). They land on `device` in `dtype` (default: the base weight's).
-    Magnitudes are ‖W + s·BA‖ of the base weights, which must be loaded first (dequantised
-    NF4 under QLoRA). Adapters already holding values (loaded or resumed) are left alone.
-
-    Raises RuntimeError if a DoRA magnitude is needed while its base weight is still on meta.
+    Magnitudes are ‖W + s·BA‖ of the base weights (dequantised NF4 under QLoRA); while a base
+    weight is still on meta its magnitude stays there, for a second call once the base is
+    loaded. Adapters already holding values (loaded or resumed) are left alone.
     """
     for name, module in lora_modules(model).items():
-        first = next(p for p_name, p in module.named_parameters() if is_adapter_key(p_name))
+        # A and B decide (DoRA's magnitude may still wait for the base weights on meta).
+        first = next(p for p_name, p in module.named_parameters()
+                     if is_adapter_key(p_name) and p_name != "lora_magnitude_vector")
         if first.is_meta:
             module.reset_adapter_parameters(*_placement(module.weight, first, device, dtype))
     for name, module in lora_modules(model).items():
-        if isinstance(module, DORA_MODULES) and module.lora_magnitude_vector.is_meta:
-            if module.weight.is_meta:
-                raise RuntimeError(f"load the base weights before initializing DoRA: {name}.weight is on meta")
-            module.reset_magnitude()
+        if isinstance(module, DORA_MODULES) and module.lora_magnitude_vector.is_meta and not module.weight.is_meta:
+            _reset_magnitude(module)
     from tunelib.peft.llama_adapter import initialize_llama_adapter
 
     initialize_llama_adapter(model, device, dtype)
+
+
+@torch.no_grad()
+def put_value(model: nn.Module, name: str, tensor: torch.Tensor) -> None:
+    """Give parameter `name` of `model` the values of `tensor` (whole, as a file holds it).
+
+    In place where the parameter has values; a parameter sharded by FSDP2 takes this process's
+    piece. A parameter still on meta gets a new one, where its module's other tensors are (the
+    CPU when none has values yet), with the same requires_grad.
+    """
+    param = model.get_parameter(name)
+    value = tensor.to(param.dtype)
+    if isinstance(param, DTensor):
+        value = distribute_tensor(value, param.device_mesh, param.placements, src_data_rank=None)
+    elif param.is_meta:
+        owner = model.get_submodule(name.rpartition(".")[0])
+        placed = [p for p in owner.parameters() if not p.is_meta]
+        value = value.to(placed[0].device if placed else torch.device("cpu"))
+    if not param.is_meta:
+        param.copy_(value)
+        return
+    owner_name, _, leaf = name.rpartition(".")
+    setattr(model.get_submodule(owner_name), leaf, nn.Parameter(value, requires_grad=param.requires_grad))
+
+
+def _reset_magnitude(module: nn.Module) -> None:
+    """`module.reset_magnitude()`, also when FSDP2 has sharded the module's parameters: the
+    norms are then taken of the whole tensors (one module's at a time), and this process keeps
+    its piece of the magnitude, placed as the (meta) sharded magnitude was."""
+    magnitude = module.lora_magnitude_vector
+    if not isinstance(magnitude, DTensor):
+        module.reset_magnitude()
+        return
+    others = [name for name, _ in module.named_parameters() if name != "lora_magnitude_vector"]
+    with whole_params(module, others):
+        module.reset_magnitude()
+        whole = module.lora_magnitude_vector.detach()
+    piece = distribute_tensor(whole, magnitude.device_mesh, magnitude.placements, src_data_rank=None)
+    module.lora_magnitude_vector = nn.Parameter(piece, requires_grad=magnitude.requires_grad)
 
 
 def _placement(base: torch.Tensor, adapter: torch.Tensor, device, dtype):

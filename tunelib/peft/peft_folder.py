@@ -24,7 +24,8 @@ from tunelib.errors import CheckpointError
 from tunelib.peft import targets
 from tunelib.peft.fused import fuse_for_peft, peft_module_name, split_from_peft
 from tunelib.peft.lora import LoraSpec
-from tunelib.peft.params import LORA_MODULES, adapter_owner, adapter_state_dict, is_adapter_key, lora_modules
+from tunelib.peft.params import (LORA_MODULES, adapter_owner, adapter_state_dict, is_adapter_key, lora_modules,
+                                 put_value)
 from tunelib.peft.swap import add_adapters
 
 CONFIG_NAME = "adapter_config.json"
@@ -332,22 +333,9 @@ def _load_tensors(model: nn.Module, specs: dict[str, LoraSpec], tensors: dict[st
                 f"{adapter_dir}: {key} has shape {tuple(tensor.shape)} but the model's {name} is "
                 f"{tuple(params[name].shape)}; the adapter was made for a different model or rank"
             )
-        _assign(model, name, params[name], tensor)
+        put_value(model, name, tensor)
         loaded.add(name)
     missing = sorted(expected - loaded)
     if missing:
         more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
         raise CheckpointError(f"{adapter_dir}: the adapter file has no tensor for {missing[0]}{more}")
-
-
-@torch.no_grad()
-def _assign(model: nn.Module, name: str, param: nn.Parameter, tensor: torch.Tensor) -> None:
-    if not param.is_meta:
-        param.copy_(tensor.to(param.dtype))
-        return
-    # A meta adapter goes where its module's base weight is (the CPU if that is not loaded yet).
-    base = model.get_submodule(adapter_owner(name)).weight
-    device = torch.device("cpu") if base.is_meta else base.device
-    owner_name, _, leaf = name.rpartition(".")
-    value = tensor.to(device=device, dtype=param.dtype)
-    setattr(model.get_submodule(owner_name), leaf, nn.Parameter(value, requires_grad=param.requires_grad))

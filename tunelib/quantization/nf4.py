@@ -167,22 +167,28 @@ def quantize_weight_in_place(module: nn.Module, attr: str, name: str) -> None:
     setattr(module, attr, nn.Parameter(quantize(name, weight), requires_grad=False))
 
 
-def nf4_transform(model: nn.Module):
-    """The `transform(name, tensor)` for a streaming loader, or None if `model` has no NF4 module.
+class NF4Transform:
+    """`transform(name, tensor)` for a streaming loader: the weights named in `names` come back
+    as NF4 tensors, every other tensor unchanged."""
+
+    def __init__(self, names: set[str]):
+        self.names = names
+
+    def __call__(self, name: str, tensor: torch.Tensor) -> torch.Tensor:
+        return quantize(name, tensor) if name in self.names else tensor
+
+
+def nf4_transform(model: nn.Module) -> NF4Transform | None:
+    """The loader's transform for `model`, or None if `model` has no NF4 module.
 
     The loader calls it before assigning each weight (already in the training dtype and on the
-    training device); the weights of modules marked `quantize_base` come back as NF4 tensors,
-    every other tensor unchanged.
+    training device), on the whole weight: torchao's double quantization subtracts the mean of
+    all of a weight's block scales, so a piece quantized alone would differ from the same rows
+    of the weight quantized whole.
     """
     names = {
         f"{module_name}.weight" if module_name else "weight"
         for module_name, module in model.named_modules()
         if getattr(module, "quantize_base", False)
     }
-    if not names:
-        return None
-
-    def transform(name: str, tensor: torch.Tensor) -> torch.Tensor:
-        return quantize(name, tensor) if name in names else tensor
-
-    return transform
+    return NF4Transform(names) if names else None

@@ -120,7 +120,8 @@ def resume_command(method: str, output_dir: Path, world_size: int) -> str:
     options = "".join(f"--allow-module {m} " for m in allowed)
     if world_size > 1:
         per_node = int(os.environ.get("LOCAL_WORLD_SIZE", world_size))
-        launch = f"--nproc_per_node {per_node} " + ("(and your other torchrun options) " if per_node != world_size else "")
+        others = "(and your other torchrun options) " if per_node != world_size else ""
+        launch = f"--nproc_per_node {per_node} {others}"
         recipe = f"{RECIPES[method]}_distributed"
     else:
         launch, recipe = "", f"{RECIPES[method]}_single_device"

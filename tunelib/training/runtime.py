@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import random
+import sys
 
 import numpy as np
 import torch
@@ -41,6 +44,32 @@ def set_cpu_threads(threads: int | None) -> None:
     """
     if threads is not None:
         torch.set_num_threads(threads)
+
+
+# glibc's mallopt parameter, and the size from which freed host memory goes back to the system.
+_M_MMAP_THRESHOLD = -3
+HOST_RETURN_BYTES = 4 * 2**20
+
+
+def return_freed_host_memory(threshold: int = HOST_RETURN_BYTES) -> bool:
+    """Let freed blocks of host memory of `threshold` bytes or more go back to the system.
+
+    glibc serves a large block from its heap once a block that size was freed, and keeps what
+    is freed there: a run whose tensors change size (FSDP2's gathers on CPU, CPU offload)
+    grows its resident memory far past what it holds (1.1 GiB more for two 350M-parameter
+    LoRA processes). Fixing the threshold makes every such block a mapping of its own, given
+    back when freed, for a page fault on its first use (about 3% of a CPU step measured).
+
+    Returns:
+        True where this is glibc and the setting took, else False (nothing changes).
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return bool(libc.mallopt(_M_MMAP_THRESHOLD, threshold))
+    except (OSError, AttributeError):  # not glibc (musl has no mallopt)
+        return False
 
 
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:

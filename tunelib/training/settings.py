@@ -42,7 +42,7 @@ class TrainingSettings:
     cpu_threads: int | None = setting(None, "Threads for work on the CPU (None: torch's default, one per core); 1 is often faster for tiny models.")
     dtype: Literal["fp32", "bf16"] = setting("bf16", "Precision of weights and compute (fp16 is not supported).")
     enable_activation_checkpointing: bool = setting(False, "Recompute each decoder layer's activations in backward to save memory.")
-    enable_activation_offloading: bool = setting(False, "Move saved activations to CPU memory (CUDA only; needs activation checkpointing).")
+    enable_activation_offloading: bool = setting(False, "Keep each layer's saved input in pinned CPU memory until backward, copied on a side stream (CUDA only; needs activation checkpointing; not yet measured on a GPU).")
     metric_logger: Component | list[Component] | None = component("Metric logger(s) besides output_dir/metrics.jsonl, which is always written (e.g. tunelib.training.TensorBoardLogger).", default=None)
     log_every_n_steps: int = setting(1, "Log metrics every N optimizer steps.")
     log_peak_memory_stats: bool = setting(True, "Log peak memory with the metrics.")
@@ -52,6 +52,9 @@ class TrainingSettings:
     max_nonfinite_skips: int = setting(10, "With on_nonfinite=skip, stop after this many skipped steps in a row.")
     fsdp_cpu_offload: bool = setting(False, "Distributed: keep parameters and optimizer state in CPU memory.")
     fsdp_reshard_after_forward: bool = setting(True, "Distributed: free gathered parameters after forward (less memory, more communication).")
+    fsdp_gradient_sync: Literal["last_micro_batch", "every_micro_batch"] = setting("last_micro_batch", "Distributed, with gradient accumulation: reduce gradients once per step (every rank holds the trained weights' whole fp32 gradients in between: small for LoRA, 4 bytes a weight for full fine-tuning) or after every micro-batch (they stay sharded; HSDP still all-reduces across replicas once per step).")
+    data_parallel_shard_dim: int = setting(-1, "Distributed: processes that share one sharded copy of the model (-1: the world size / data_parallel_replicate_dim).")
+    data_parallel_replicate_dim: int = setting(1, "Distributed: copies of the sharded model (HSDP, e.g. one per node); times data_parallel_shard_dim it must equal the world size.")
     dist_timeout_seconds: int = setting(600, "Distributed: a rank that waits longer than this for the others ends the job.")
 
     @classmethod
@@ -65,10 +68,22 @@ class TrainingSettings:
         for key in ("max_steps_per_epoch", "save_every_n_steps", "run_val_every_n_steps", "batch_size_val", "cpu_threads"):
             if cfg.get(key) is not None and cfg[key] < 1:
                 problems.append(f"{key}={cfg[key]}; it must be 1 or more, or null")
+        problems += _mesh_problems(cfg)
         if cfg.get("clip_grad_norm") is not None and cfg["clip_grad_norm"] <= 0:
             problems.append(f"clip_grad_norm={cfg['clip_grad_norm']}; use a positive number, or null")
         problems += seed_problems(cfg) + device_problems(cfg) + folder_problems(cfg, "output_dir", "checkpoint_dir")
         return problems + _warmup_problems(cfg.get("lr_scheduler"))
+
+
+def _mesh_problems(cfg: dict) -> list[str]:
+    # The world size is known only under torchrun, so the product is checked when sharding.
+    problems = []
+    shard, replicate = cfg.get("data_parallel_shard_dim"), cfg.get("data_parallel_replicate_dim")
+    if shard is not None and shard != -1 and shard < 1:
+        problems.append(f"data_parallel_shard_dim={shard}; use 1 or more, or -1 for the rest of the world size")
+    if replicate is not None and replicate < 1:
+        problems.append(f"data_parallel_replicate_dim={replicate}; use 1 or more (1: no replicas, plain FSDP)")
+    return problems
 
 
 def _warmup_problems(scheduler) -> list[str]:

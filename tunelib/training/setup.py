@@ -5,11 +5,18 @@ before the first step:
 
  1. the process: torchrun peers, device, dtype, the resume point, the seed
  2. the tokenizer, then the model on the meta device with its adapters (the builder applies them)
- 3. weights streamed in (NF4 for QLoRA), adapters initialised, only the trained part trainable
- 4. model transformations: activation checkpointing, compile, FSDP2 (written once, any family)
- 5. data: datasets (a list is combined), a token-id check against the model, loaders
- 6. optimizer, schedule, loss, metric loggers
- 7. on resume: optimizer, schedule, data position, random state and counters restored
+ 3. the adapters' first values (small, the same on every rank); only the trained part trainable
+ 4. model transformations: activation checkpointing, offloading, compile, FSDP2 (written once,
+    any family), all while the base weights are still on meta
+ 5. the base weights streamed in: under FSDP2 each rank reads only its own rows (NF4 for QLoRA
+    from each whole weight, keeping its piece); then DoRA magnitudes, and on resume the
+    trained adapters, which win over the base
+ 6. data: datasets (a list is combined), a token-id check against the model, loaders
+ 7. optimizer, schedule, loss, metric loggers
+ 8. on resume: optimizer, schedule, data position, random state and counters restored
+
+Saves stream the other way (`tunelib.checkpoint.HFCheckpointer.save`): one decoder layer is
+gathered, merged and written at a time.
 """
 
 from __future__ import annotations
@@ -26,13 +33,13 @@ from tunelib.checkpoint.lock import OutputDirLock
 from tunelib.config import instantiate
 from tunelib.errors import CheckpointError, ConfigError, NothingToDo
 from tunelib.training import report, runtime
-from tunelib.training.distributed import Dist, full_state_dict
+from tunelib.training.distributed import Dist
 from tunelib.training.fingerprint import run_fingerprint
 from tunelib.training.loggers import JSONLLogger, MetricLoggers
 from tunelib.training.loop import Run, TrainState
 from tunelib.training.loss import LinearCrossEntropyLoss
 from tunelib.training.optim import OptimizerInBackward
-from tunelib.training.signals import StopOnSignal
+from tunelib.training.signals import StopOnSignal, TermDuringSetup
 
 Method = Literal["full", "lora", "adapter"]
 
@@ -104,22 +111,28 @@ def build_run(cfg, method: Method) -> Built:
     # before output_dir is created, so a refused run leaves nothing behind.
     checkpointer = _checkpointer(cfg)
     out = Path(cfg.output_dir)
-    created = _missing_folders(out)
+    # Under torchrun rank 0 alone makes, locks and later takes back output_dir; the other ranks
+    # write into it only when they save, after barriers that rank 0 passes once it exists.
+    first = _global_rank() == 0
+    created = _missing_folders(out) if first else []
     output_lock = None
-    try:
-        _make_output_dir(out)
-        if _global_rank() == 0:  # under torchrun the other ranks wait for it at the first barrier
-            output_lock = OutputDirLock.take(out)
-        _check_writable(out)
-        return _build(cfg, method, checkpointer, output_lock)
-    except BaseException:
-        _give_back(output_lock, created)
-        raise
+    with TermDuringSetup() as term:
+        try:
+            if first:
+                _make_output_dir(out)
+                output_lock = OutputDirLock.take(out)
+                _check_writable(out)
+            return _build(cfg, method, checkpointer, output_lock, term)
+        except BaseException:
+            term.ignore()  # torchrun may stop this rank now: finish taking back what it made first
+            _give_back(output_lock, created)
+            raise
 
 
-def _build(cfg, method: Method, checkpointer, output_lock: OutputDirLock | None) -> Built:
+def _build(cfg, method: Method, checkpointer, output_lock: OutputDirLock | None, term: TermDuringSetup) -> Built:
     device = runtime.resolve_device(cfg.device, _local_rank())
     runtime.set_cpu_threads(cfg.cpu_threads)
+    runtime.return_freed_host_memory()
     dist = Dist.from_env(device, cfg.dist_timeout_seconds)
     dtype = runtime.resolve_dtype(cfg.dtype, device)
     resume = checkpointer.resume_point(cfg.resume_from_checkpoint)
@@ -134,12 +147,18 @@ def _build(cfg, method: Method, checkpointer, output_lock: OutputDirLock | None)
     numbers = run_fingerprint(cfg, model, tokenizer, adapters=method != "full")
     if saved is not None:  # before any weight is read, so a changed model or adapter is named, not a shape error
         training_state.check_resume(saved, settings, numbers, resume.path)
-    checkpointer.load_model(model, dtype=dtype, device=device, resume=resume)
-    dist.say(_make_trainable(model, method, device, dtype))
-    if resume is not None:
-        checkpointer.load_adapter(model, resume)
+    # FSDP2's CPU offload keeps the shards (weights, adapters) in CPU memory; compute stays on `device`.
+    held = torch.device("cpu") if dist.enabled and cfg.fsdp_cpu_offload else device
+    _start_adapters(model, method, held, dtype)
+    _make_trainable(model, method)
     _transform(model, cfg, dist, device)
-    trainable = [p for p in model.parameters() if p.requires_grad]  # after FSDP2 swapped them for shards
+    # Sharded first, then filled: under FSDP2 each rank reads only its own rows of each weight.
+    checkpointer.load_model(model, dtype=dtype, device=held, resume=resume, buffer_device=device)
+    _finish_adapters(model, method, held, dtype)
+    if resume is not None:  # last: what the checkpoint trained (adapters, v2's norms) wins over the base
+        checkpointer.load_adapter(model, resume)
+    dist.say(_parameter_counts(model))
+    trainable = [p for p in model.parameters() if p.requires_grad]  # the loaded (and sharded) tensors
 
     loader = _loader(cfg, cfg.dataset, tokenizer, model, dist, seed, cfg.batch_size, shuffle=cfg.shuffle)
     _check_accumulation(cfg, len(loader), dist)
@@ -158,6 +177,7 @@ def _build(cfg, method: Method, checkpointer, output_lock: OutputDirLock | None)
     if saved is not None:
         _restore(run, saved, resume)
         _set_aside_later(checkpointer, resume, dist)
+    term.end()
     stop = StopOnSignal(dist)  # installed once nothing more can refuse the resume
     run.stop_requested = stop.requested
     run.logger = _logger(cfg, dist, _logged_until(cfg, saved, state))
@@ -244,15 +264,34 @@ def _check_method(model: torch.nn.Module, method: Method) -> None:
                           "model.lora_attn_modules=[q_proj,v_proj] (or run full_finetune_single_device)")
 
 
-def _make_trainable(model: torch.nn.Module, method: Method, device, dtype) -> str:
-    from tunelib.peft import initialize_adapters, set_trainable
+def _start_adapters(model: torch.nn.Module, method: Method, device, dtype) -> None:
+    """First values of the adapters (small, the same on every rank), before the base is sharded
+    and loaded; DoRA magnitudes wait for the base weights they are the norms of."""
+    from tunelib.peft import initialize_adapters
+
+    if method != "full":
+        initialize_adapters(model, device, dtype)
+
+
+def _finish_adapters(model: torch.nn.Module, method: Method, device, dtype) -> None:
+    """DoRA magnitudes of a fresh run, from the loaded base weights."""
+    from tunelib.peft import initialize_adapters
+
+    if method != "full":
+        initialize_adapters(model, device, dtype)
+
+
+def _make_trainable(model: torch.nn.Module, method: Method) -> None:
+    from tunelib.peft import set_trainable
 
     if method == "full":
         for p in model.parameters():
             p.requires_grad_(True)
     else:
-        initialize_adapters(model, device, dtype)
         set_trainable(model)
+
+
+def _parameter_counts(model: torch.nn.Module) -> str:
     trainable = [p for p in model.parameters() if p.requires_grad]
     total = sum(p.numel() for p in model.parameters())
     count = sum(p.numel() for p in trainable)
@@ -260,7 +299,7 @@ def _make_trainable(model: torch.nn.Module, method: Method, device, dtype) -> st
 
 
 def _transform(model: torch.nn.Module, cfg, dist: Dist, device: torch.device) -> None:
-    """Activation checkpointing, compile, FSDP2, in that order (each wraps the decoder layers)."""
+    """Activation checkpointing (and offloading), compile, FSDP2, in that order (each wraps the decoder layers)."""
     from tunelib.training import transforms
 
     if cfg.enable_activation_offloading and not cfg.enable_activation_checkpointing:
@@ -269,6 +308,8 @@ def _transform(model: torch.nn.Module, cfg, dist: Dist, device: torch.device) ->
         raise ConfigError("enable_activation_offloading moves activations from GPU to CPU memory; it needs device=cuda")
     if cfg.enable_activation_checkpointing:
         transforms.activation_checkpointing(model)
+    if cfg.enable_activation_offloading:
+        transforms.activation_offloading(model, device)
     if cfg.compile:
         transforms.compile_layers(model)
     if dist.enabled:
@@ -396,28 +437,12 @@ def _saver(cfg, checkpointer, method: Method, settings: dict, numbers: dict):
                                 scheduler=run.scheduler, loader=run.loader, rng=runtime.rng_state(),
                                 settings=settings, fingerprint=numbers, dist=run.dist)
 
-        model = _gathered(cfg, run) if run.dist.enabled else run.model
-        folder = checkpointer.save(model, step=run.state.step, final=final, adapter_only=adapter_only,
+        folder = checkpointer.save(run.model, step=run.state.step, final=final, adapter_only=adapter_only,
                                    extra=extra, dist=run.dist)
         run.dist.say(f"Saved {'final model' if final else 'checkpoint'} to {folder}")
         return folder
 
     return save
-
-
-def _gathered(cfg, run: Run) -> torch.nn.Module | None:
-    """On rank 0, a CPU copy of the sharded model to write out (None elsewhere).
-
-    The copy is built on meta and takes the gathered tensors as they are (assign=True), so
-    rank 0 holds the weights once beside its shard, not twice.
-    """
-    state = full_state_dict(run.model, run.dist)
-    if state is None:
-        return None
-    model = instantiate(cfg.model, checkpoint_dir=cfg.checkpoint_dir)
-    # Tied weights arrive as one tensor under both names, so they stay one storage here.
-    model.load_state_dict(state, strict=True, assign=True)
-    return model
 
 
 def _restore(run: Run, saved: dict, resume: atomic.Checkpoint) -> None:

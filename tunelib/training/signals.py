@@ -41,3 +41,34 @@ class StopOnSignal:
     def restore(self) -> None:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
+
+
+class TermDuringSetup:
+    """While a run is set up, SIGTERM raises SystemExit instead of ending the process at once.
+
+    Under torchrun, a rank that refuses the run (a bad weight file, bad data) makes torchrun
+    stop the others with SIGTERM; raised here, it lets each of them take back what it made in
+    output_dir (its folders, rank 0's lock) on the way out. `end()` puts the previous handler
+    back before `StopOnSignal` takes over for training.
+    """
+
+    def __enter__(self) -> "TermDuringSetup":
+        self._previous = signal.signal(signal.SIGTERM, self._raise)
+        return self
+
+    def ignore(self) -> None:
+        """From now until `end()`, SIGTERM does nothing (a refused run is cleaning up)."""
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+    def end(self) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+            self._previous = None
+
+    def __exit__(self, *exc) -> None:
+        self.end()
+
+    @staticmethod
+    def _raise(signum, frame):
+        raise SystemExit(128 + signum)
