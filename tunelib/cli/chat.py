@@ -29,6 +29,8 @@ def add_parser(sub) -> None:
     p.add_argument("--dtype", default="auto", choices=("auto", "fp32", "bf16", "fp16"))
     p.add_argument("--tokenizer", default=None, metavar="DIR", help="tokenizer folder (default: the model folder)")
     p.add_argument("--chat-format", default=None, help="force a chat format: jinja, plain or a family name")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the one-token step: faster answers once the first has waited for the compile")
     p.set_defaults(func=run)
 
 
@@ -47,7 +49,10 @@ def run(args) -> int:
     print(f"Chatting with {loaded.describe()} (seed {seed}). {HELP}", flush=True)
     if tokenizer.chat_format == "plain":
         print("Note: this tokenizer has no chat format, so turns are plain text; a base model may ramble.", flush=True)
-    chat = Chat(Generator(loaded.model), tokenizer, sampling, rng, args.max_new_tokens, args.system)
+    if args.compile:
+        print("(--compile: the first answer waits for torch.compile of the decode step)", flush=True)
+    generator = Generator(loaded.model, compile=args.compile)
+    chat = Chat(generator, tokenizer, sampling, rng, args.max_new_tokens, args.system)
     return chat.loop()
 
 

@@ -7,6 +7,10 @@
 
 The cache is kept between calls. A chat renders the whole conversation again each turn; the
 tokens it shares with what the cache already holds (the earlier turns) are not computed again.
+
+`Generator(model, compile=True)` runs on a static cache with the one-token step compiled
+(`tunelib.generation.static`); the default runs the model eagerly on its own KV cache, whose
+one-token steps attend to exactly the tokens stored.
 """
 
 from __future__ import annotations
@@ -17,8 +21,10 @@ import torch
 
 from tunelib.errors import DataError
 from tunelib.generation.sampling import Sampling, sample
+from tunelib.generation.static import StaticRun
 
-# The cache grows in steps of at least this many tokens, so a chat does not reallocate every turn.
+# The cache holds a power of two of at least this many tokens: a chat does not reallocate every
+# turn, and a compiled step meets few cache sizes (each one is compiled once).
 _MIN_CACHE = 256
 
 
@@ -26,13 +32,21 @@ class Generator:
     """Generates from one model (batch size 1) with a KV cache kept between calls.
 
     `context` caps prompt plus answer (default: the model's max_position_embeddings).
+    `compile=True` compiles the one-token step (fixed shapes, static cache): the first answer
+    waits for the compile, and a cache that grows past a size not seen before compiles again.
     """
 
-    def __init__(self, model, *, context: int | None = None):
+    def __init__(self, model, *, context: int | None = None, compile: bool = False):
         self.model = model
         self.context = context or model.config.max_position_embeddings
-        self.cache = None
+        self.compile = compile
+        self.run: CacheRun | StaticRun | None = None  # the model over its cache: run(ids, start) -> logits
         self.cached: list[int] = []  # the tokens whose keys and values the cache holds, in order
+
+    @property
+    def cache(self):
+        """The KV cache (None before the first call); `max_len` tokens fit in it."""
+        return self.run.cache if self.run is not None else None
 
     def budget(self, prompt_len: int, max_new_tokens: int) -> int:
         """How many tokens may follow a prompt of `prompt_len` (the context caps it).
@@ -73,41 +87,56 @@ class Generator:
         """Bring the cache to exactly `tokens`; return the logits (vocab,) after the last one."""
         keep = _common_prefix(self.cached, tokens)
         keep = min(keep, len(tokens) - 1)  # at least one token must run, to give logits
-        self.cache.length = keep  # rewinding is just forgetting: later writes overwrite the rest
-        # If this forward is interrupted (Ctrl-C in a chat), some layers will have overwritten
-        # the slots after `keep`: only the first `keep` tokens can be trusted then.
+        # Rewinding is just forgetting: later writes overwrite the rest. If this forward is
+        # interrupted (Ctrl-C in a chat), some layers will have overwritten the slots after
+        # `keep`: only the first `keep` tokens can be trusted then.
         self.cached = self.cached[:keep]
-        new = torch.tensor([tokens[keep:]], device=self.cache.keys[0].device)  # (1, T)
-        hidden = self.model.hidden(new, cache=self.cache)  # (1, T, hidden)
+        logits = self.run(torch.tensor([tokens[keep:]], device=self.run.device), keep)  # (1, T) in
         self.cached = list(tokens)
-        return self.model.logits(hidden[0, -1]).float()  # only the last position's logits are needed
+        return logits
 
     def _step(self, token: int) -> torch.Tensor:
         """Append one token to the cache; return the logits (vocab,) after it."""
-        new = torch.tensor([[token]], device=self.cache.keys[0].device)  # (1, 1)
-        hidden = self.model.hidden(new, cache=self.cache)  # (1, 1, hidden)
+        logits = self.run(torch.tensor([[token]], device=self.run.device), len(self.cached))  # (1, 1) in
         self.cached.append(token)
-        return self.model.logits(hidden[0, -1]).float()
+        return logits
 
     def _reserve(self, length: int) -> None:
         """Make sure the cache holds `length` tokens, keeping what it already has."""
-        if self.cache is not None and self.cache.max_len >= length:
+        if self.run is not None and self.run.max_len >= length:
             return
-        size = min(self.context, max(length, _MIN_CACHE, 2 * (self.cache.max_len if self.cache else 0)))
-        new = self.model.new_cache(1, size)
-        if self.cache is not None:
-            n = self.cache.length
-            for old_k, old_v, k, v in zip(self.cache.keys, self.cache.values, new.keys, new.values):
-                k[:, :, :n] = old_k[:, :, :n]
-                v[:, :, :n] = old_v[:, :, :n]
-            new.length = n
-        self.cache = new
+        size = min(self.context, max(_MIN_CACHE, 1 << (length - 1).bit_length()))  # a power of two
+        new = StaticRun(self.model, size, compile=True) if self.compile else CacheRun(self.model, size)
+        if self.run is not None:
+            _copy_prefix(self.run.cache, new.cache, len(self.cached))
+        self.run = new
 
     def reset(self) -> None:
         """Forget the cached tokens (the memory is kept for the next call)."""
         self.cached = []
-        if self.cache is not None:
-            self.cache.reset()
+
+
+class CacheRun:
+    """The model run eagerly on its own `KVCache` of `max_len` tokens: each forward attends to
+    exactly the tokens stored before it (no mask for a single token). Same call as `StaticRun`."""
+
+    def __init__(self, model, max_len: int):
+        self.model = model
+        self.cache = model.new_cache(1, max_len)
+        self.device = self.cache.keys[0].device
+        self.max_len = max_len
+
+    def __call__(self, ids: torch.Tensor, start: int) -> torch.Tensor:
+        """Logits (vocab,) float after the last of `ids` (1, T), whose tokens go at start..start+T-1."""
+        self.cache.length = start
+        hidden = self.model.hidden(ids, cache=self.cache)  # (1, T, hidden)
+        return self.model.logits(hidden[0, -1]).float()  # only the last position's logits are needed
+
+
+def _copy_prefix(old, new, length: int) -> None:
+    """The first `length` tokens' keys and values of cache `old` into the larger cache `new`."""
+    for old_t, new_t in zip(old.keys + old.values, new.keys + new.values):  # (1, KV, max_len, D) each
+        new_t[:, :, :length] = old_t[:, :, :length]
 
 
 def _common_prefix(a: list[int], b: list[int]) -> int:
