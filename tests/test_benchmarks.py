@@ -178,3 +178,24 @@ def test_doc_commands_name_real_workloads_and_options():
                 assert word in helped, command
             if words[i - 1] == "--workloads":
                 assert set(word.split(",")) <= set(WORKLOADS), command
+
+
+@pytest.mark.slow
+def test_gpu_check_runs_end_to_end_in_its_quick_form(tmp_path):
+    """benchmarks/gpu_check.py --quick: the script that will run on a GPU, on tiny shapes here."""
+    env = dict(os.environ, HF_DATASETS_DISABLE_PROGRESS_BARS="1")
+    proc = subprocess.run([sys.executable, str(BENCH / "gpu_check.py"), "--quick", "--workloads", "gpu-8b-lora",
+                           "--out", str(tmp_path)], capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads((tmp_path / "gpu_check.json").read_text())
+    assert result["machine"]["torch"] and "torchao" in result["machine"]["packages"]
+    cases = {(r["case"], r["backend"]) for r in result["attention"]}
+    assert {("causal", "sdpa"), ("packed", "sdpa"), ("packed", "flex"), ("soft-cap 50", "flex")} <= cases
+    ran = [r for r in result["attention"] if "skipped" not in r]
+    assert {r["backend"] for r in ran} >= {"sdpa"} and all(r.get("finite") for r in ran), result["attention"]
+    # torch 2.13 trains through flex attention on CUDA only: on CPU its rows say why they did not run.
+    assert all("flex" in r["skipped"] for r in result["attention"] if "skipped" in r)
+    assert result["syncs"]["graph_breaks"] == 0
+    (lora,) = result["training"]
+    assert lora["tokens_per_second"] > 0 and 0 < lora["mfu"] < 1 and len(lora["losses"]) == 3
+    assert "| gpu-8b-lora |" in (tmp_path / "table.md").read_text()

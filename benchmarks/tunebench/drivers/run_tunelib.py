@@ -46,14 +46,16 @@ def packed_dataset(tokenizer, path: str) -> PackedRows:
 
 
 class ProbeLogger:
-    """The run's metric logger, plus the probe on every logged step."""
+    """The run's metric logger, plus the probe (and `on_step`, if any) on every logged step."""
 
-    def __init__(self, inner, probe: Probe):
-        self.inner, self.probe = inner, probe
+    def __init__(self, inner, probe: Probe, on_step=None):
+        self.inner, self.probe, self.on_step = inner, probe, on_step
 
     def log(self, step: int, metrics: dict) -> None:
         if "loss" in metrics:
             self.probe.step(metrics["loss"])
+            if self.on_step is not None:
+                self.on_step()
         self.inner.log(step, metrics)
 
     def __getattr__(self, name):
@@ -99,7 +101,11 @@ def set_lora_init(model: torch.nn.Module, path) -> None:
             weight.copy_(a.to(weight.dtype))
 
 
-def main() -> None:
+def run(job, on_step=None) -> None:
+    """Train `job` with tunelib in this process and write the probe's result to `job.out`.
+
+    `on_step()` is called after each optimizer step (benchmarks/gpu_check.py counts host syncs).
+    """
     import yaml
 
     import tunelib
@@ -108,7 +114,6 @@ def main() -> None:
     from tunelib.training.settings import FullSettings, LoRASettings
     from tunelib.training.setup import build_run
 
-    job = parse_job()
     allow_module("tunebench")
     path = job.workdir / "config.yaml"
     path.write_text(yaml.safe_dump(config(job)))
@@ -119,13 +124,17 @@ def main() -> None:
         run = built.run
         if method == "lora":
             set_lora_init(run.model, job.lora_init)
-        run.logger = ProbeLogger(run.logger, probe)
+        run.logger = ProbeLogger(run.logger, probe, on_step)
         run.loss_fn = recording_shape(run.loss_fn, probe)
         run.save = lambda run, final: None
         train(run)
     probe.write(job.out, library="tunelib", version=getattr(tunelib, "__version__", "0.1.0"),
                 torch=torch.__version__, threads=torch.get_num_threads(),
                 settings=json.loads(json.dumps(config(job))))
+
+
+def main() -> None:
+    run(parse_job())
 
 
 if __name__ == "__main__":
