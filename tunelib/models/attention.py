@@ -1,16 +1,24 @@
 """Grouped-query self-attention, its masks, and the key/value cache used for generation.
 
-Attention goes through `F.scaled_dot_product_attention` with `is_causal=True` whenever that is
-exact (no packed documents, no sliding window shorter than the keys, no cache prefix), so the
-flash/efficient kernels stay available. Packed documents and sliding windows become a boolean
-mask. Gemma 2's score soft-capping needs the scores themselves, so it is computed explicitly.
+Which kernel runs is the decoder's `attention_backend` (the training setting of that name puts
+it there; "auto" unless set):
 
-On CPU, packed documents are attended one document at a time instead (`AttentionInputs.documents`):
-a kernel given a mask still computes every score the mask throws away, which for packs of
-short documents is most of them. Each document attending causally to itself is exactly what
-the document mask allows, so only the skipped work differs. (On GPU, reading the document
-lengths would stall the host on the device, and under torch.compile each new packing would be
-traced again, so there the mask stays.)
+- "auto": plain causal attention goes through `F.scaled_dot_product_attention` with
+  `is_causal=True`, so the flash/efficient kernels stay available. Packed documents, sliding
+  windows shorter than the keys, and Gemma 2's soft-capping go through flex attention
+  (`tunelib.models.flex`) on CUDA where torch has it: a block mask built once per forward and
+  a score_mod, and the kernel skips every fully masked block. Elsewhere they take the "sdpa"
+  paths below. With a KV cache (generation) "auto" stays with SDPA.
+- "sdpa": packed documents and sliding windows become a dense boolean mask for SDPA, and
+  soft-capping is computed explicitly on the scores (every masked score is still computed).
+- "flex": every layer goes through flex attention, plain causal ones too.
+
+On CPU ("auto" and "sdpa"), packed documents are attended one document at a time instead
+(`AttentionInputs.documents`): a kernel given a mask still computes every score the mask throws
+away, which for packs of short documents is most of them. Each document attending causally to
+itself is exactly what the document mask allows, so only the skipped work differs. (Reading the
+document lengths would stall a GPU's host on the device, and under torch.compile each new
+packing would be traced again, so compiled layers keep the mask.)
 """
 
 from __future__ import annotations
@@ -21,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tunelib.models import flex
 from tunelib.models.config import DecoderConfig
 from tunelib.models.norm import RMSNorm
 from tunelib.models.rope import rotate
@@ -65,7 +74,8 @@ class AttentionInputs:
 
     cos: torch.Tensor  # (B, T, head_dim)
     sin: torch.Tensor  # (B, T, head_dim)
-    masks: dict[int | None, torch.Tensor | None]  # window -> (B|1, 1, T, K) bool, None: plain causal
+    # window -> (B|1, 1, T, K) bool, a flex BlockMask, or None: plain causal
+    masks: dict[int | None, torch.Tensor | flex.BlockMask | None]
     cache: KVCache | None = None
     # Per row, the lengths of its packed documents in order (summing to T): attend to each alone.
     # Set only where that equals every layer's mask (see `document_lengths`).
@@ -143,6 +153,7 @@ class Attention(nn.Module):
         self.qk_norm = c.qk_norm
         self.scale = (c.query_pre_attn_scalar or c.head_dim) ** -0.5
         self.softcap = c.attn_logit_softcapping
+        self.score_mod = None if self.softcap is None else flex.softcap_score_mod(self.softcap)  # for flex
         self.window = c.window(layer)
 
     def forward(self, x: torch.Tensor, inputs: AttentionInputs) -> torch.Tensor:
@@ -181,15 +192,23 @@ class Attention(nn.Module):
                causal: bool = True) -> torch.Tensor:
         """This layer's scaled (and soft-capped) attention of rotated queries over keys and values.
 
-        q (B, H, T, D); k, v (B, KV, K, D); mask (B|1, 1, T, K) bool, True = attend, or None:
-        the T queries are the last T of K positions and attend causally (with `causal=False`,
-        every query sees every key). Returns (B, H, T, D), before o_proj.
+        q (B, H, T, D); k, v (B, KV, K, D); mask (B|1, 1, T, K) bool, True = attend, a flex
+        `BlockMask` (then flex attention runs), or None: the T queries are the last T of K
+        positions and attend causally (with `causal=False`, every query sees every key).
+        Returns (B, H, T, D), before o_proj.
 
         `forward` calls it once per layer; a subclass may override it to attend to more keys
         with the same queries, scale and soft-cap.
         """
+        if flex.is_block_mask(mask):
+            return flex.attend(q, k, v, mask, scale=self.scale, score_mod=self.score_mod)
         if self.softcap is not None:
             return softcapped_attention(q, k, v, mask, scale=self.scale, softcap=self.softcap, causal=causal)
-        is_causal = causal and mask is None and q.shape[2] > 1  # a single query sees every key anyway
+        # A single query sees every key anyway. Decided by an `if`: under torch.compile a length
+        # that varies between batches is symbolic, a comparison of it too, and SDPA takes only a
+        # plain bool; branching on it makes a guard instead.
+        is_causal = False
+        if causal and mask is None and q.shape[2] > 1:
+            is_causal = True
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal, scale=self.scale,
                                               enable_gqa=q.shape[1] != k.shape[1])

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tunelib.models import flex
 from tunelib.models.attention import Attention, AttentionInputs, KVCache, build_mask, document_lengths
 from tunelib.models.config import DecoderConfig
 from tunelib.models.norm import RMSNorm
@@ -69,7 +70,13 @@ class DecoderLayer(nn.Module):
 
 
 class Decoder(nn.Module):
-    """Embedding, layers and final norm: token ids in, normed hidden states out."""
+    """Embedding, layers and final norm: token ids in, normed hidden states out.
+
+    `attention_backend` ("auto", "sdpa" or "flex"; see tunelib.models.attention) is a plain
+    attribute, not part of the config: it is how this machine runs attention, not what the
+    model is. Training sets it from the setting of the same name, through
+    `CausalLM.attention_backend`.
+    """
 
     def __init__(self, config: DecoderConfig):
         super().__init__()
@@ -78,6 +85,7 @@ class Decoder(nn.Module):
         self.layers = nn.ModuleList(DecoderLayer(c, i) for i in range(c.num_hidden_layers))
         self.norm = RMSNorm(c.hidden_size, c.rms_norm_eps, c.norm_offset)
         self.rotary_emb = RotaryEmbedding(c)
+        self.attention_backend = "auto"
 
     def forward(self, input_ids, position_ids=None, document_ids=None, cache=None) -> torch.Tensor:
         B, T = input_ids.shape
@@ -89,20 +97,42 @@ class Decoder(nn.Module):
         h = self.embed_tokens(input_ids)  # (B, T, hidden)
         if self.config.embed_scale:
             # The scale is rounded to the activations' dtype first, as Gemma was trained (bf16: 55.5).
-            h = h * torch.tensor(self.config.hidden_size ** 0.5, device=h.device).to(h.dtype)
+            # A 0-d CPU tensor enters a GPU op as a plain number; made on the GPU it would be a
+            # blocking host-to-device copy every forward.
+            h = h * torch.tensor(self.config.hidden_size ** 0.5).to(h.dtype)
         cos, sin = self.rotary_emb(position_ids, h.dtype)
-        windows = {self.config.window(i) for i in range(len(self.layers))}
-        masks = {w: build_mask(T, past + T, document_ids=document_ids, window=w, device=h.device) for w in windows}
-        documents = None
-        if (document_ids is not None and h.device.type == "cpu" and not torch.compiler.is_compiling()
-                and all(w is None or w >= T for w in windows)):  # a window no shorter than T cuts no document
-            documents = document_lengths(document_ids)
+        masks, documents = self.attention_masks(T, cache, document_ids, h.device)
         inputs = AttentionInputs(cos, sin, masks, cache, documents)
         for layer in self.layers:
             h = layer(h, inputs)
         if cache is not None:
             cache.advance(T)
         return self.norm(h)
+
+    def attention_masks(self, q_len: int, cache: KVCache | None, document_ids: torch.Tensor | None,
+                        device: torch.device) -> tuple[dict, list[list[int]] | None]:
+        """What `AttentionInputs` needs to mask `q_len` queries after the tokens in `cache`.
+
+        Returns the mask of each sliding window (a dense bool tensor, a flex BlockMask, or None
+        for plain causal; see `build_mask`, `flex.block_mask`) and the lengths of each row's
+        packed documents where the per-document path applies (else None). Made once per forward.
+        """
+        k_len = (cache.length if cache is not None else 0) + q_len
+        windows = {self.config.window(i) for i in range(len(self.layers))}
+        masks = {}
+        for w in windows:
+            masked = (document_ids is not None or (w is not None and k_len > w)
+                      or self.config.attn_logit_softcapping is not None)
+            if flex.uses_flex(self.attention_backend, device, masked=masked, cached=cache is not None):
+                masks[w] = flex.block_mask(q_len, k_len, document_ids=document_ids, window=w, device=device)
+            else:
+                masks[w] = build_mask(q_len, k_len, document_ids=document_ids, window=w, device=device)
+        documents = None
+        if (document_ids is not None and device.type == "cpu" and not torch.compiler.is_compiling()
+                and not any(flex.is_block_mask(m) for m in masks.values())
+                and all(w is None or w >= q_len for w in windows)):  # a window no shorter than T cuts no document
+            documents = document_lengths(document_ids)
+        return masks, documents
 
 
 def default_positions(batch: int, length: int, past: int, document_ids, device) -> torch.Tensor:
@@ -126,6 +156,18 @@ class CausalLM(nn.Module):
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         if config.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
+
+    @property
+    def attention_backend(self) -> str:
+        """How attention runs: "auto", "sdpa" or "flex" (see tunelib.models.attention). Set it
+        before torch.compile traces the layers; raises ValueError for another name."""
+        return self.model.attention_backend
+
+    @attention_backend.setter
+    def attention_backend(self, backend: str) -> None:
+        if backend not in flex.BACKENDS:
+            raise ValueError(f"attention_backend={backend!r}; use one of {', '.join(flex.BACKENDS)}")
+        self.model.attention_backend = backend
 
     def forward(self, input_ids: torch.Tensor, *, position_ids: torch.Tensor | None = None,
                 document_ids: torch.Tensor | None = None, cache: KVCache | None = None) -> torch.Tensor:

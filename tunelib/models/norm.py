@@ -29,7 +29,9 @@ class RMSNorm(nn.Module):
         normed = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
         if self.offset:
             return (normed * (self.offset + self.weight.float())).type_as(x)
-        return self.weight * normed.type_as(x)
+        # The weight in the input's dtype: one trained in fp32 (LLaMA-Adapter v2) must not turn
+        # the bf16 residual stream into fp32.
+        return self.weight.type_as(x) * normed.type_as(x)
 
     def extra_repr(self) -> str:
         return f"{self.weight.shape[0]}, eps={self.eps}" + (f", offset={self.offset}" if self.offset else "")

@@ -7,7 +7,8 @@ code itself knows nothing about adapters. A recipe then does, in this order:
     load_hf_weights(model, folder, dtype=..., device=...,
                     transform=nf4_transform(model),        # NF4 for QLoRA, else None
                     ignore_missing=is_adapter_key)
-    initialize_adapters(model, device, dtype)               # A, B, then DoRA magnitudes
+    initialize_adapters(model, device, adapter_dtype)       # A, B, then DoRA magnitudes
+    store_trained_in(model, adapter_dtype)                  # LLaMA-Adapter v2's norms too
     set_trainable(model)                                    # only adapters train
     ...train...
     save_peft_adapter(model, out / "adapter", base_model_name_or_path=...)
@@ -42,6 +43,7 @@ from tunelib.peft.params import (
     is_adapter_key,
     lora_modules,
     set_trainable,
+    store_trained_in,
 )
 from tunelib.peft.peft_folder import adapter_config, load_peft_adapter, save_peft_adapter
 from tunelib.peft.swap import add_adapters
@@ -173,6 +175,7 @@ __all__ = [
     "nf4_transform",
     "save_peft_adapter",
     "set_trainable",
+    "store_trained_in",
     "split_adapter_state_dict",
     "split_fused_lora",
 ]

@@ -1,8 +1,11 @@
 """DoRA (Liu et al. 2024): LoRA with a learned magnitude per output row, computed as PEFT does.
 
 `W' = m ⊙ (W + s·BA) / ‖W + s·BA‖`, the norm taken per output row of the (out, in) weight and
-detached from the graph (the paper's memory saving). The bias is added unscaled, as in PEFT
-(torchtune scales it, which differs for layers with a bias such as Qwen2's q/k/v).
+detached from the graph (the paper's memory saving). The norm and the scale m / ‖·‖ are computed
+in fp32 whatever the dtypes of base and adapters; the magnitude is stored in the adapters' dtype
+(fp32 by default), so a layer starts as exactly its base layer, in bf16 too. The bias is added
+unscaled, as in PEFT (torchtune scales it, which differs for layers with a bias such as Qwen2's
+q/k/v).
 
 The magnitude `lora_magnitude_vector` (PEFT's name, no `.weight`) must start at the norm of
 the *loaded* base weight, so `initialize_adapters` sets it after loading, from the
@@ -12,7 +15,6 @@ dequantised weight under QLoRA.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from tunelib.peft.lora import LoRAEmbedding, LoRALinear, LoraSpec
@@ -30,25 +32,27 @@ class DoRALinear(LoRALinear):
         )
         return module
 
-    def weight_norm(self, dtype: torch.dtype | None = None) -> torch.Tensor:
-        """‖W + s·BA‖ per output row, shape (out,), detached; in fp32 unless `dtype` is given."""
-        dtype = dtype or torch.float32
-        weight = nf4.dequantize(self.weight, dtype)
-        lora = (self.lora_B.weight @ self.lora_A.weight).to(dtype)
-        return torch.linalg.norm(weight + self.scaling * lora.detach(), dim=1).detach()
+    def weight_norm(self) -> torch.Tensor:
+        """‖W + s·BA‖ per output row in fp32, shape (out,), detached (NF4 is dequantised)."""
+        with torch.no_grad():
+            return torch.linalg.norm(nf4.dequantize(self.weight, torch.float32) + self.delta_weight(), dim=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.base_forward(x)
+        out = self.base_forward(x)  # (..., out), in the activations' dtype
         x = x.to(self.lora_A.weight.dtype)
-        scale = (self.lora_magnitude_vector / self.weight_norm(x.dtype)).view(1, -1)  # (1, out)
+        scale = _scale(self.lora_magnitude_vector, self.weight_norm()).view(1, -1)  # (1, out), fp32
         if self.training and isinstance(self.lora_dropout, nn.Dropout):
-            # PEFT recomputes the base product on the dropped-out input when dropout is active.
+            # PEFT recomputes the base product on the dropped-out input when dropout is active;
+            # here in the base's dtype, like the base forward, so backward keeps no fp32 (or
+            # dequantised NF4) copy of the weight.
             x = self.lora_dropout(x)
-            base = F.linear(x, nf4.dequantize(self.weight, x.dtype))
+            base = nf4.linear(x.to(out.dtype), self.weight)
         else:
             base = out if self.bias is None else out - self.bias
         lora = self.lora_B(self.lora_A(x)) * self.scaling
-        return out + ((scale - 1) * base + scale * lora).to(out.dtype)
+        # Summed in fp32 and rounded once, as PEFT does; at step 0 scale is exactly 1 and B is 0,
+        # so the layer returns the base output bit for bit.
+        return (out + ((scale - 1) * base + scale * lora)).to(out.dtype)
 
     def merged_weight(self) -> torch.Tensor:
         """`(m / ‖W + s·BA‖) ⊙ (W + s·BA)` per row, computed in fp32, in the base dtype."""
@@ -78,16 +82,15 @@ class DoRAEmbedding(LoRAEmbedding):
         )
         return module
 
-    def weight_norm(self, dtype: torch.dtype | None = None) -> torch.Tensor:
-        """‖E + s·(BA)ᵀ‖ over the vocabulary, shape (hidden,), detached; fp32 unless `dtype`."""
-        dtype = dtype or torch.float32
-        lora = (self.lora_embedding_B @ self.lora_embedding_A).T.to(dtype)
-        return torch.linalg.norm(self.weight.to(dtype) + self.scaling * lora.detach(), dim=0).detach()
+    def weight_norm(self) -> torch.Tensor:
+        """‖E + s·(BA)ᵀ‖ over the vocabulary in fp32, shape (hidden,), detached."""
+        with torch.no_grad():
+            return torch.linalg.norm(self.weight.float() + self.delta_weight(), dim=0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = nn.Embedding.forward(self, x)
-        scale = self.lora_magnitude_vector / self.weight_norm(out.dtype)  # (hidden,)
-        return scale * out + (scale * self.lora_forward(x)).to(out.dtype)
+        scale = _scale(self.lora_magnitude_vector, self.weight_norm())  # (hidden,), fp32
+        return (scale * out + scale * self.lora_forward(x)).to(out.dtype)
 
     def merged_weight(self) -> torch.Tensor:
         """`E' = (m / ‖E + ΔE‖) ⊙ (E + ΔE)` per column, computed in fp32, in the base dtype."""
@@ -99,3 +102,9 @@ class DoRAEmbedding(LoRAEmbedding):
         """Set the magnitude to the current ‖E + ΔE‖ (‖E‖ right after init), in the adapters' dtype."""
         like = self.lora_embedding_A
         self.lora_magnitude_vector = nn.Parameter(self.weight_norm().to(device=like.device, dtype=like.dtype))
+
+
+def _scale(magnitude: torch.Tensor, norm: torch.Tensor) -> torch.Tensor:
+    """m / ‖W'‖ in fp32, the fp32 norm first rounded to the magnitude's dtype: the magnitude was
+    set from that same rounded norm, so the scale starts at exactly 1 in fp32 or bf16."""
+    return magnitude.float() / norm.to(magnitude.dtype).float()

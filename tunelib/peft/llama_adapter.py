@@ -102,7 +102,9 @@ class PromptedAttention(Attention):
         No RoPE (the prompt has no position) and no q/k norm, as in the paper and LitGPT. In v2
         the projections carry their own scale and bias, which then apply to the prompt too.
         """
-        prompt = self.adapter_prompt  # (L, hidden)
+        # Stored in the adapters' dtype (fp32 by default), computed in the projections' (bf16),
+        # like FSDP2's mixed precision: fp32 keeps small updates, the activations stay bf16.
+        prompt = self.adapter_prompt.to(_param_dtype(self.k_proj.weight))  # (L, hidden)
         length = prompt.shape[0]
         k = self.k_proj(prompt).view(1, length, -1, self.head_dim).transpose(1, 2)  # (1, KV, L, D)
         v = self.v_proj(prompt).view(1, length, -1, self.head_dim).transpose(1, 2)  # (1, KV, L, D)
@@ -153,7 +155,10 @@ class AdapterV2Linear(nn.Linear):
         return module
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return (nf4.linear(x, self.weight, self.bias) + self.adapter_bias) * self.adapter_scale
+        out = nf4.linear(x, self.weight, self.bias)  # (..., out)
+        # Cast at use, as the prompt is: a scale stored in bf16 could not move from 1 by less
+        # than 2^-8, so updates of a usual learning rate would round away.
+        return (out + self.adapter_bias.to(out.dtype)) * self.adapter_scale.to(out.dtype)
 
     def folded(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(weight, bias) of the plain linear computing the same: `diag(s) W` and `s ⊙ (b + bias)`.

@@ -34,8 +34,9 @@ def folded_weights(model: nn.Module) -> tuple[dict[str, PendingWeight], dict[str
     dequantised) with bias `s ⊙ (b + bias)` where the architecture can hold a bias;
     `config_updates` turns on the bias switches needed (e.g. `{"attention_bias": True}`) and
     unties a tied lm_head, whose scale makes it differ from the embedding. Trained norm
-    weights are the model's own; prompts, gates and biases without a place are left out.
-    Values are computed from the parameters as they are when asked (see `merged_weights`).
+    weights are the model's own, in the base's dtype (also when trained in fp32); prompts,
+    gates and biases without a place are left out. Values are computed from the parameters as
+    they are when asked (see `merged_weights`).
 
     Raises:
         ValueError: the model has no LLaMA-Adapter v2.
@@ -44,13 +45,16 @@ def folded_weights(model: nn.Module) -> tuple[dict[str, PendingWeight], dict[str
     if spec is None or spec.version != "v2":
         raise ValueError("only LLaMA-Adapter v2 folds into plain weights; v1 is prompts only, which cannot")
     slots = bias_slots(model.config)
+    # Trained norms may be kept in fp32 (adapter_dtype); the folder holds the base's dtype.
+    base_dtype = model.model.embed_tokens.weight.dtype
     weights = {}
     for key, value in model.state_dict(keep_vars=True).items():
         if not is_adapter_key(key):
             module_name, _, attr = key.rpartition(".")
             module = model.get_submodule(module_name) if module_name else model
-            weights[key] = PendingWeight(tuple(value.shape), value.dtype,
-                                         lambda m=module, a=attr: nf4.dequantize(getattr(m, a)))
+            dtype = base_dtype if value.is_floating_point() else value.dtype
+            weights[key] = PendingWeight(tuple(value.shape), dtype,
+                                         lambda m=module, a=attr, d=dtype: nf4.dequantize(getattr(m, a)).to(d))
     for name, module in _v2_linears(model).items():
         shape, dtype = tuple(module.weight.shape), module.weight.dtype
         weights[f"{name}.weight"] = PendingWeight(shape, dtype, lambda m=module: m.folded()[0])

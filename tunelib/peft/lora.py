@@ -76,10 +76,12 @@ class LoRALinear(nn.Linear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.base_forward(x)
-        # Adapters may be kept in another dtype than the activations (as PEFT allows).
+        # Adapters may be kept in another dtype than the activations (fp32 on a bf16 base by
+        # default, PEFT's autocast_adapter_dtype): they then compute in their own dtype.
         a = self.lora_A(self.lora_dropout(x.to(self.lora_A.weight.dtype))) * self.scaling  # (..., r)
         if a.dtype != out.dtype:
-            return out + self.lora_B(a).to(out.dtype)
+            # The sum is taken in the adapters' dtype and rounded once, as PEFT does.
+            return (out + self.lora_B(a)).to(out.dtype)
         # out + B(s·A x) in one addmm: the sum rides in the matmul instead of another pass over
         # (..., out), and s scales r columns rather than out_features.
         flat = out.reshape(-1, out.shape[-1])  # (N, out)
@@ -141,7 +143,7 @@ class LoRAEmbedding(nn.Embedding):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = super().forward(x)
-        return out + self.lora_forward(x).to(out.dtype)
+        return (out + self.lora_forward(x)).to(out.dtype)  # rounded once, as in LoRALinear
 
     def delta_weight(self) -> torch.Tensor:
         """`s · (B A)ᵀ` in fp32, shape (vocab, hidden)."""

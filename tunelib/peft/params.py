@@ -79,7 +79,8 @@ def initialize_adapters(model: nn.Module, device: torch.device | str | None = No
 
     Adapters are drawn in model order on the CPU generator, so the same torch seed gives the
     same adapters on any device: Linear A kaiming-uniform (a=√5) and B zeros; embedding A
-    zeros and B ~ N(0, 1). They land on `device` in `dtype` (default: the base weight's).
+    zeros and B ~ N(0, 1). They land on `device` in `dtype` (default: the base weight's; the
+    recipes pass `adapter_dtype`, fp32 by default, as PEFT keeps adapters on a bf16 base).
     Magnitudes are ‖W + s·BA‖ of the base weights (dequantised NF4 under QLoRA); while a base
     weight is still on meta its magnitude stays there, for a second call once the base is
     loaded. Adapters already holding values (loaded or resumed) are left alone.
@@ -96,6 +97,22 @@ def initialize_adapters(model: nn.Module, device: torch.device | str | None = No
     from tunelib.peft.llama_adapter import initialize_llama_adapter
 
     initialize_llama_adapter(model, device, dtype)
+
+
+def store_trained_in(model: nn.Module, dtype: torch.dtype) -> None:
+    """Keep every parameter that `adapter_params` trains in `dtype`, converting those loaded in
+    another (LLaMA-Adapter v2's norm weights come with the base, in its dtype).
+
+    Call it after loading and before the first forward; a parameter sharded by FSDP2 stays
+    sharded as it was (FSDP2 takes the new one up at its first forward). Parameters still on
+    meta are left alone.
+    """
+    for name, param in adapter_params(model).items():
+        if param.dtype == dtype or param.is_meta:
+            continue
+        owner, _, leaf = name.rpartition(".")
+        setattr(model.get_submodule(owner), leaf,
+                nn.Parameter(param.detach().to(dtype), requires_grad=param.requires_grad))
 
 
 @torch.no_grad()

@@ -13,7 +13,6 @@ norms, merging and saving).
 from __future__ import annotations
 
 import contextlib
-import functools
 import importlib
 import logging
 import warnings
@@ -84,10 +83,20 @@ def _load_api(paths=IMPORT_PATHS) -> SimpleNamespace:
     return SimpleNamespace(**found)
 
 
-@functools.cache
+# Set by the first `api()` call. A plain global rather than `functools.cache`: torch.compile
+# reads a global as a constant, but traces into a cached function (and on into the import's
+# logging), which broke the compiled graph at every NF4 linear.
+_API: SimpleNamespace | None = None
+
+
 def api() -> SimpleNamespace:
-    """torchao's `NF4Tensor`, `to_nf4` and `linear_nf4`, imported once and quietly."""
-    return _load_api()
+    """torchao's `NF4Tensor`, `to_nf4` and `linear_nf4`, imported once and quietly.
+
+    Raises ImportError (naming what is missing) when torchao has no NF4 tensor."""
+    global _API
+    if _API is None:
+        _API = _load_api()
+    return _API
 
 
 def is_nf4(tensor) -> bool:

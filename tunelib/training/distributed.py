@@ -26,6 +26,7 @@ class Dist:
     local_rank: int = 0
     device: torch.device = torch.device("cpu")
     watch_group: object = None  # a gloo side channel for finding out which rank stopped answering
+    host_group: object = None  # where numbers the host already has are reduced (None: the default group)
 
     @property
     def is_main(self) -> bool:
@@ -52,6 +53,10 @@ class Dist:
             # After a timeout the main group's connections are closed and NCCL cannot say which
             # rank is silent; a gloo group of its own can still ask every rank.
             me.watch_group = dist.new_group(backend="gloo")
+            if device.type == "cuda":
+                # Numbers the host already has (token counts, peak memory) would otherwise be copied
+                # to the GPU and read back: the read waits for every kernel queued before it.
+                me.host_group = dist.new_group(backend="gloo", timeout=datetime.timedelta(seconds=timeout_seconds))
         return me
 
     def silent_ranks(self, seconds: float) -> list[int]:
@@ -70,29 +75,48 @@ class Dist:
 
     def sum(self, value: float | int) -> float:
         """The sum of a number over all ranks."""
+        return self.host_sum([value])[0]
+
+    def host_sum(self, values: list[float | int]) -> list[float | int]:
+        """The sums of numbers this host holds over all ranks, in one collective.
+
+        With one process the values come back as given; under torchrun as floats. Reduced
+        over gloo on CPU tensors, so nothing waits for a GPU.
+        """
         if not self.enabled:
-            return value
-        t = torch.tensor(float(value), dtype=torch.float64, device=self.device)
-        dist.all_reduce(t)
-        return t.item()
+            return list(values)
+        t = torch.tensor([float(v) for v in values], dtype=torch.float64)
+        dist.all_reduce(t, group=self.host_group)
+        return t.tolist()
 
     def max(self, value: float) -> float:
         """The largest value of a number over all ranks (a NaN on any rank wins)."""
+        return self.host_max([value])[0]
+
+    def host_max(self, values: list[float]) -> list[float]:
+        """The largest value of each number over all ranks, in one collective (a NaN on any rank wins)."""
         if not self.enabled:
-            return value
-        t = torch.tensor([float(value != value), float(value)], dtype=torch.float64, device=self.device)
-        t[1] = 0.0 if value != value else t[1]
-        dist.all_reduce(t, op=dist.ReduceOp.MAX)
-        return float("nan") if t[0].item() > 0 else t[1].item()
+            return list(values)
+        nan = [float(v != v) for v in values]
+        t = torch.tensor(nan + [0.0 if v != v else float(v) for v in values], dtype=torch.float64)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX, group=self.host_group)
+        got = t.tolist()
+        return [float("nan") if got[i] > 0 else got[len(values) + i] for i in range(len(values))]
 
     def ranks_where(self, flag: bool) -> list[int]:
         """The ranks on which `flag` is true (every rank learns the same list)."""
         if not self.enabled:
             return [0] if flag else []
-        t = torch.zeros(self.world_size, dtype=torch.float64, device=self.device)
-        t[self.rank] = float(flag)
-        dist.all_reduce(t)
-        return [r for r in range(self.world_size) if t[r].item() > 0]
+        flags = [0.0] * self.world_size
+        flags[self.rank] = float(flag)
+        return [r for r, hit in enumerate(self.host_sum(flags)) if hit > 0]
+
+    def device_sum(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Sum `tensor` (on this rank's device) over all ranks in place and return it, without
+        reading it: the all-reduce is queued on the device like a kernel."""
+        if self.enabled:
+            dist.all_reduce(tensor)
+        return tensor
 
     def barrier(self) -> None:
         if self.enabled:

@@ -51,7 +51,9 @@ def run_fingerprint(cfg, model: nn.Module, tokenizer, *, adapters: bool) -> dict
         CheckpointError: with `adapters`, checkpoint_dir holds no weights.
     """
     base = base_weight_entries(Path(cfg.checkpoint_dir)) if adapters else {}
-    return {"dtype": cfg.dtype, **model_entries(model), **base, **adapter_entries(model),
+    # How trained weights are kept (the adapter recipes' or full fine-tuning's setting).
+    kept = {key: cfg[key] for key in ("adapter_dtype", "weight_precision") if key in cfg}
+    return {"dtype": cfg.dtype, **kept, **model_entries(model), **base, **adapter_entries(model),
             **tokenizer_entries(tokenizer), **dataset_entries(cfg.dataset)}
 
 

@@ -4,6 +4,10 @@ Read `train` top to bottom: batches -> forward and loss -> backward (accumulatin
 micro-batches, normalised by their total token count) -> clip -> non-finite check ->
 optimizer step -> log -> validate -> checkpoint -> stop if asked. Everything it uses is
 assembled by the recipe into a `Run`.
+
+The host reads the device once per optimizer step: the loss, the gradient norm and whether
+to stop come back together in one small tensor (under torchrun after one all-reduce). Token
+counts come from the CPU batch before it moves, so a GPU is never drained between kernels.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import torch
 from tunelib.errors import TrainingStopped
 from tunelib.training.distributed import Dist, sync_gradients
 from tunelib.training.loss import count_tokens
-from tunelib.training.memory import peak_memory
+from tunelib.training.memory import peak_memory, reset_peak
 from tunelib.training.progress import Progress
 from tunelib.training.summary import RunSummary
 
@@ -50,7 +54,7 @@ class Run:
     device: torch.device
     settings: Any  # the checked config (TrainingSettings keys)
     state: TrainState
-    stop_requested: Callable[[], bool] = lambda: False
+    stop_requested: Callable[[], bool] = lambda: False  # this process was asked to stop; the loop makes ranks agree
     optimizer_in_bwd: bool = False
     trainable: list[torch.nn.Parameter] = field(default_factory=list)
     summary: RunSummary = field(default_factory=RunSummary)  # what the run did, for its end
@@ -99,6 +103,7 @@ def _train(run: Run) -> TrainState:
     progress = Progress(run.total_steps, start=state.step, enabled=run.dist.is_main)
     window = _Window()
     run.summary.begin(state.step, state.tokens)
+    reset_peak(run.device)  # the peak logged from here on is training's, not loading's
     model.train()
     for epoch in range(state.epoch, s.epochs):
         if epoch > state.epoch:
@@ -108,20 +113,20 @@ def _train(run: Run) -> TrainState:
         batches = _epoch_batches(run, epoch)
         while state.step_in_epoch < run.steps_per_epoch:
             micro = [next(batches) for _ in range(s.gradient_accumulation_steps)]
-            step_tokens = run.dist.sum(sum(count_tokens(b["labels"]) for b in micro))
+            # Counted on the CPU batches, before they move: all ranks' together, in one collective.
+            step_tokens, real_tokens = run.dist.host_sum([sum(count_tokens(b["labels"]) for b in micro),
+                                                          sum(_real_tokens(b) for b in micro)])
+            window.add(real_tokens)
             step_loss = torch.zeros((), device=run.device)
             for i, batch in enumerate(micro):
-                batch = {k: v.to(run.device, non_blocking=True) for k, v in batch.items()}
+                batch = to_device(batch, run.device, run.loss_fn)
                 loss = run.loss_fn(model, batch) / max(step_tokens, 1)
                 sync_gradients(model, s.fsdp_gradient_sync, last=i == len(micro) - 1)
                 # FSDP averages gradients over ranks; the loss is already a global mean, so undo it.
                 (loss * run.dist.world_size).backward()
                 step_loss += loss.detach()
-                window.add_tokens(batch)
-            grad_norm = _clip(run)
-            local_loss = step_loss.item()  # the one host sync per step
-            loss_value = run.dist.sum(local_loss)
-            if not _finite(run, local_loss, loss_value, grad_norm):
+            read = _read_step(run, step_loss, _clip(run))  # the one host sync per step
+            if not _finite(run, read):
                 continue
             if not run.optimizer_in_bwd:
                 run.optimizer.step()
@@ -131,15 +136,15 @@ def _train(run: Run) -> TrainState:
             state.step += 1
             state.step_in_epoch += 1
             state.tokens += int(step_tokens)
-            run.summary.add_step(state.step, loss_value, state.tokens)
+            run.summary.add_step(state.step, read.loss, state.tokens)
             if state.step % s.log_every_n_steps == 0 or state.step == run.total_steps:
-                metrics = _metrics(run, loss_value, grad_norm, window)
+                metrics = _metrics(run, read, window)
                 if run.dist.is_main:
                     run.logger.log(state.step, metrics)
                 progress.update(state.step, metrics)
             if s.run_val_every_n_steps and run.val_loader is not None and state.step % s.run_val_every_n_steps == 0:
                 _validate(run)
-            if run.stop_requested():
+            if read.stop:
                 progress.close()
                 run.save(run, False)
                 _end_summary(run)
@@ -175,16 +180,66 @@ def _clip(run: Run) -> torch.Tensor | None:
     return norm.full_tensor() if hasattr(norm, "full_tensor") else norm
 
 
-def _finite(run: Run, local_loss: float, loss_value: float, grad_norm: torch.Tensor | None) -> bool:
+def to_device(batch: dict[str, torch.Tensor], device: torch.device, loss_fn: Callable) -> dict[str, torch.Tensor]:
+    """The CPU `batch` on `device`, with what `loss_fn.host_inputs` (if it has one) works out on the host.
+
+    The copies do not wait for the device when the loader pinned the batch (pin_memory); the
+    host's own additions are pinned too then. `num_tokens` stays behind: only the host uses it.
+    """
+    host = getattr(loss_fn, "host_inputs", None)
+    extra = host(batch) if host is not None else {}
+    if device.type == "cuda" and batch["input_ids"].is_pinned():
+        extra = {k: v.pin_memory() for k, v in extra.items()}
+    return {k: v.to(device, non_blocking=True) for k, v in {**batch, **extra}.items() if k != "num_tokens"}
+
+
+def _real_tokens(batch: dict[str, torch.Tensor]) -> int:
+    """Non-padding tokens of a CPU batch, for tokens per second."""
+    return int(batch["num_tokens"]) if "num_tokens" in batch else batch["input_ids"].numel()
+
+
+@dataclass
+class _StepRead:
+    """What the host learns from the device at the end of a step, all in one read."""
+
+    loss: float  # the step's loss, all ranks together
+    grad_norm: float | None  # None when gradients were applied in backward
+    bad_ranks: list[int]  # ranks whose own loss is not finite
+    stop: bool  # some rank was asked to stop
+
+
+def _read_step(run: Run, step_loss: torch.Tensor, grad_norm: torch.Tensor | None) -> _StepRead:
+    """Read the step's loss, gradient norm and stop flag back to the host in one `tolist()`.
+
+    Under torchrun one all-reduce of a small vector sums the losses and tells which ranks had a
+    non-finite one and whether any was asked to stop; the gradient norm is already global.
+    """
+    d, stop = run.dist, run.stop_requested()
+    values = step_loss.double().reshape(1)
+    if d.enabled:
+        flags = torch.zeros(d.world_size + 1, dtype=torch.float64, device=run.device)
+        flags[d.rank] = (~torch.isfinite(step_loss)).double()  # where it started: gradients mix all ranks
+        flags[d.world_size] = float(stop)
+        values = d.device_sum(torch.cat([values, flags]))
+    if grad_norm is not None:
+        values = torch.cat([values, grad_norm.double().reshape(1)])
+    got = values.tolist()
+    if d.enabled:
+        bad, stop = [r for r in range(d.world_size) if got[1 + r] > 0], got[1 + d.world_size] > 0
+    else:
+        bad = [] if _ok(got[0]) else [0]
+    return _StepRead(got[0], got[-1] if grad_norm is not None else None, bad, stop)
+
+
+def _finite(run: Run, read: _StepRead) -> bool:
     """True to step; False to skip this step; raise to stop. Every rank decides alike."""
-    norm = float("nan") if grad_norm is None else grad_norm.item()  # the same on every rank
-    bad_ranks = run.dist.ranks_where(not _ok(local_loss))  # where it started: gradients mix all ranks
-    if not bad_ranks and _ok(loss_value) and (grad_norm is None or _ok(norm)):
+    loss_value, norm = read.loss, float("nan") if read.grad_norm is None else read.grad_norm
+    if not read.bad_ranks and _ok(loss_value) and (read.grad_norm is None or _ok(norm)):
         run.state.nonfinite_skips = 0
         return True
     step = run.state.step + 1
     what = f"loss {loss_value}" if not _ok(loss_value) else f"gradient norm {norm}"
-    where = f" on rank {', '.join(map(str, bad_ranks))}" if run.dist.enabled and bad_ranks else ""
+    where = f" on rank {', '.join(map(str, read.bad_ranks))}" if run.dist.enabled and read.bad_ranks else ""
     run.optimizer.zero_grad(set_to_none=True)
     if run.settings.on_nonfinite == "skip" and run.state.nonfinite_skips < run.settings.max_nonfinite_skips:
         run.state.nonfinite_skips += 1
@@ -202,13 +257,13 @@ def _ok(x: float) -> bool:
 
 
 class _Window:
-    """Tokens and time since the last log line, for tokens per second."""
+    """Tokens (all ranks) and time since the last log line, for tokens per second."""
 
     def __init__(self):
         self.tokens, self.t0 = 0, time.perf_counter()
 
-    def add_tokens(self, batch: dict[str, torch.Tensor]) -> None:
-        self.tokens += int(batch["num_tokens"]) if "num_tokens" in batch else batch["input_ids"].numel()
+    def add(self, tokens: int) -> None:
+        self.tokens += tokens
 
     def take(self) -> tuple[int, float]:
         tokens, seconds = self.tokens, time.perf_counter() - self.t0
@@ -216,21 +271,21 @@ class _Window:
         return tokens, seconds
 
 
-def _metrics(run: Run, loss_value: float, grad_norm: torch.Tensor | None, window: _Window) -> dict[str, Any]:
+def _metrics(run: Run, read: _StepRead, window: _Window) -> dict[str, Any]:
     tokens, seconds = window.take()
-    tokens = run.dist.sum(tokens)
     metrics = {
-        "loss": loss_value,
-        "lr": float(run.optimizer.param_groups[0]["lr"]),  # torchao optimizers keep it as a tensor
+        "loss": read.loss,
+        "lr": float(run.optimizer.param_groups[0]["lr"]),  # torchao optimizers keep it as a (CPU) tensor
         "tokens_per_second": tokens / max(seconds, 1e-9),
         "tokens_per_second_per_device": tokens / max(seconds, 1e-9) / run.dist.world_size,
         "epoch": run.state.epoch,
         "tokens": run.state.tokens,
     }
-    if grad_norm is not None:
-        metrics["grad_norm"] = grad_norm.item()
+    if read.grad_norm is not None:
+        metrics["grad_norm"] = read.grad_norm
     if run.settings.log_peak_memory_stats:
-        metrics.update({k: run.dist.max(v) for k, v in peak_memory(run.device).items()})  # the fullest device
+        peaks = peak_memory(run.device)  # allocator and kernel counters: no device sync
+        metrics.update(zip(peaks, run.dist.host_max(list(peaks.values()))))  # the fullest device
     return metrics
 
 
@@ -238,14 +293,14 @@ def _metrics(run: Run, loss_value: float, grad_norm: torch.Tensor | None, window
 def _validate(run: Run) -> float:
     """Mean validation loss per token, over all ranks; logged as val_loss."""
     run.model.eval()
-    total, tokens = 0.0, 0
+    total, tokens = torch.zeros((), dtype=torch.float64, device=run.device), 0
     run.val_loader.set_epoch(0)
     for batch in run.val_loader:
         tokens += count_tokens(batch["labels"])
-        batch = {k: v.to(run.device) for k, v in batch.items()}
-        total += run.loss_fn(run.model, batch).item()
+        total += run.loss_fn(run.model, to_device(batch, run.device, run.loss_fn)).double()
     run.model.train()
-    val_loss = run.dist.sum(total) / max(run.dist.sum(tokens), 1)
+    total, tokens = run.dist.host_sum([total.item(), tokens])  # one read for the whole evaluation
+    val_loss = total / max(tokens, 1)
     run.summary.val_loss = val_loss
     if run.dist.is_main:
         run.logger.log(run.state.step, {"val_loss": val_loss})

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import os
 import random
 import sys
+from typing import Mapping
 
 import numpy as np
 import torch
@@ -34,6 +36,33 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
             device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
     return device
+
+
+# torch reads the first, else the second (its newer name), when CUDA starts.
+ALLOC_CONF_NAMES = ("PYTORCH_CUDA_ALLOC_CONF", "PYTORCH_ALLOC_CONF")
+
+
+def cuda_allocator_env(environ: Mapping[str, str], device_name: str, cuda_available: bool) -> dict[str, str]:
+    """The environment a run adds for CUDA's caching allocator.
+
+    Takes the process's environment, the config's `device` and whether a GPU is visible.
+    Returns {"PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True"} for a run on CUDA (cuda,
+    cuda:N, or auto with a GPU), else {}; also {} when the user set PYTORCH_CUDA_ALLOC_CONF or
+    PYTORCH_ALLOC_CONF (their settings win, whatever they say).
+
+    Expandable segments grow one mapping instead of caching blocks of each size: batches whose
+    length changes from step to step then neither fragment the cache nor make it free and
+    reallocate (cudaFree waits for the GPU).
+    """
+    on_cuda = device_name.startswith("cuda") or (device_name == "auto" and cuda_available)
+    if not on_cuda or any(name in environ for name in ALLOC_CONF_NAMES):
+        return {}
+    return {ALLOC_CONF_NAMES[0]: "expandable_segments:True"}
+
+
+def configure_cuda_allocator(device_name: str) -> None:
+    """Set `cuda_allocator_env` in this process's environment; call it before CUDA starts."""
+    os.environ.update(cuda_allocator_env(os.environ, device_name, torch.cuda.is_available()))
 
 
 def set_cpu_threads(threads: int | None) -> None:

@@ -9,8 +9,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+import torch
+
 from tunelib.config.rules import device_problems, folder_problems, seed_problems
 from tunelib.config.schema import REQUIRED, Component, component, setting
+from tunelib.models import flex
 
 
 @dataclass(kw_only=True)
@@ -29,7 +32,10 @@ class TrainingSettings:
     batch_size_val: int | None = setting(None, "Validation batch size (default: batch_size).")
     seed: int | None = setting(None, "Random seed; None picks one and records it, so a resumed run is still exact.")
     shuffle: bool = setting(True, "Shuffle the training data each epoch.")
+    num_workers: int = setting(0, "Processes that build batches beside training (torch DataLoader's num_workers; 0: the training process does); resume stays exact.")
+    pin_memory: bool | Literal["auto"] = setting("auto", "Build batches in page-locked memory so copies to the GPU run beside compute (auto: on for CUDA; CPU runs have nothing to pin).")
     batch_size: int = setting(2, "Sequences (or packs) per micro-batch on each device.")
+    pad_to_multiple_of: int | None = setting(None, "Pad each unpacked batch to a multiple of this many tokens (e.g. 64), so lengths come from a small set (fewer shapes for torch.compile and GPU kernels); None: to its longest sample. Packs are always their full length.")
     epochs: int = setting(1, "Passes over the training data.")
     max_steps_per_epoch: int | None = setting(None, "Stop an epoch after this many optimizer steps.")
     gradient_accumulation_steps: int = setting(1, "Micro-batches per optimizer step; the loss is normalised by their total token count.")
@@ -37,11 +43,14 @@ class TrainingSettings:
     lr_scheduler: Component | None = component("Learning-rate schedule, e.g. tunelib.training.get_cosine_schedule_with_warmup.", default=None, provided=("*1", "num_training_steps"))
     loss: Component | None = component("Loss (default: tunelib.training.LinearCrossEntropyLoss, which never materialises all logits).", default=None)
     clip_grad_norm: float | None = setting(None, "Clip the gradient norm to this value; None only measures it.")
-    compile: bool = setting(False, "torch.compile each decoder layer and the loss.")
+    compile: bool = setting(False, "torch.compile each decoder layer as one whole graph, and the loss's per-chunk cross-entropy (the built-in loss with a plain output layer).")
+    attention_backend: Literal["auto", "sdpa", "flex"] = setting("auto", "Attention kernels: auto, the fastest exact one here (flex attention on CUDA for packed documents, sliding windows and soft-capping, SDPA otherwise; on CPU, SDPA and packed documents one at a time); sdpa, SDPA with a dense mask where one is needed; flex, torch's flex_attention for every layer (needs a torch that trains with it on the device).")
     device: str = setting("auto", "cuda, cpu, cuda:N or auto (cuda when available).")
     cpu_threads: int | None = setting(None, "Threads for work on the CPU (None: torch's default, one per core); 1 is often faster for tiny models.")
     dtype: Literal["fp32", "bf16"] = setting("bf16", "Precision of weights and compute (fp16 is not supported).")
     enable_activation_checkpointing: bool = setting(False, "Recompute each decoder layer's activations in backward to save memory.")
+    ac_mode: Literal["full", "selective"] = setting("full", "With activation checkpointing, which decoder layers recompute: full, every one; selective, every ac_option-th (torchtune's keys).")
+    ac_option: int | None = setting(None, "With ac_mode=selective: checkpoint every k-th decoder layer (layers k, 2k, ... counted from 1; 1 is every layer).")
     enable_activation_offloading: bool = setting(False, "Keep each layer's saved input in pinned CPU memory until backward, copied on a side stream (CUDA only; needs activation checkpointing; not yet measured on a GPU).")
     metric_logger: Component | list[Component] | None = component("Metric logger(s) besides output_dir/metrics.jsonl, which is always written (e.g. tunelib.training.TensorBoardLogger).", default=None)
     log_every_n_steps: int = setting(1, "Log metrics every N optimizer steps.")
@@ -68,11 +77,87 @@ class TrainingSettings:
         for key in ("max_steps_per_epoch", "save_every_n_steps", "run_val_every_n_steps", "batch_size_val", "cpu_threads"):
             if cfg.get(key) is not None and cfg[key] < 1:
                 problems.append(f"{key}={cfg[key]}; it must be 1 or more, or null")
-        problems += _mesh_problems(cfg)
+        problems += _mesh_problems(cfg) + _checkpointing_problems(cfg) + _loader_problems(cfg)
+        problems += _attention_problems(cfg)
+        if cfg.get("pad_to_multiple_of") is not None and cfg["pad_to_multiple_of"] < 1:
+            problems.append(f"pad_to_multiple_of={cfg['pad_to_multiple_of']}; it must be 1 or more, or null")
         if cfg.get("clip_grad_norm") is not None and cfg["clip_grad_norm"] <= 0:
             problems.append(f"clip_grad_norm={cfg['clip_grad_norm']}; use a positive number, or null")
         problems += seed_problems(cfg) + device_problems(cfg) + folder_problems(cfg, "output_dir", "checkpoint_dir")
         return problems + _warmup_problems(cfg.get("lr_scheduler"))
+
+
+# The setting of LoRASettings and AdapterSettings (PEFT's autocast_adapter_dtype, as a dtype).
+ADAPTER_DTYPE_DOC = ("Precision the trained adapter weights are stored, stepped and saved in (LoRA A/B, DoRA magnitudes; "
+                     "LLaMA-Adapter prompts, gates, v2 scales, biases and norms): fp32 on a bf16 base, as PEFT keeps "
+                     "them, or bf16 (dtype=bf16 only) for the training dtype throughout.")
+# torchao's Adam family takes `bf16_stochastic_round` (AdamW8bit, AdamW4bit, AdamWFp8 and their
+# Adam twins; its 16-bit AdamW is private in torchao 0.18, which a config cannot name).
+_TORCHAO_OPTIM = "torchao.optim."
+
+
+def _given(cfg: dict, schema: type, key: str):
+    """The config's value of `key`, or the schema's default when the config leaves it out."""
+    return cfg[key] if key in cfg else schema.__dataclass_fields__[key].default
+
+
+def _adapter_dtype_problems(cfg: dict, schema: type) -> list[str]:
+    if _given(cfg, schema, "adapter_dtype") == "bf16" and _given(cfg, schema, "dtype") == "fp32":
+        return ["adapter_dtype=bf16 with dtype=fp32 would store the adapters coarser than the model; "
+                "set adapter_dtype=fp32 (or dtype=bf16)"]
+    return []
+
+
+def _weight_precision_problems(cfg: dict, schema: type) -> list[str]:
+    choice, dtype = _given(cfg, schema, "weight_precision"), _given(cfg, schema, "dtype")
+    optimizer = cfg.get("optimizer") if isinstance(cfg.get("optimizer"), dict) else {}
+    if "bf16_stochastic_round" in optimizer:
+        return ["optimizer.bf16_stochastic_round is set by weight_precision: remove it and set "
+                "weight_precision=stochastic_rounding (or dtype)"]
+    if choice == "dtype":
+        return []
+    if dtype != "bf16":
+        return [f"weight_precision={choice} changes how bf16 weights are kept, but dtype={dtype} stores "
+                "every weight in fp32 already; set dtype=bf16 or weight_precision=dtype"]
+    name = str(optimizer.get("_component_", ""))
+    if choice == "stochastic_rounding" and not (name.startswith(_TORCHAO_OPTIM) and "Adam" in name):
+        return [f"weight_precision=stochastic_rounding needs one of torchao's Adam optimizers (they take "
+                f"bf16_stochastic_round), not {name or 'this optimizer'}; set e.g. "
+                "optimizer._component_=torchao.optim.AdamW8bit (the shipped *_full configs' optimizer)"]
+    return []
+
+
+def _checkpointing_problems(cfg: dict) -> list[str]:
+    mode, every = cfg.get("ac_mode", "full"), cfg.get("ac_option")
+    if mode == "selective" and not cfg.get("enable_activation_checkpointing"):
+        return ["ac_mode=selective chooses which layers activation checkpointing recomputes, but "
+                "enable_activation_checkpointing is False; set enable_activation_checkpointing=True"]
+    if mode == "selective" and every is None:
+        return ["ac_mode=selective needs ac_option=k, to checkpoint every k-th decoder layer"]
+    if every is not None and mode != "selective":
+        return [f"ac_option={every} is read only with ac_mode=selective; set ac_mode=selective or remove ac_option"]
+    if every is not None and every < 1:
+        return [f"ac_option={every}; use 1 or more (checkpoint every k-th decoder layer)"]
+    return []
+
+
+def _loader_problems(cfg: dict) -> list[str]:
+    problems = []
+    if cfg.get("num_workers") is not None and cfg["num_workers"] < 0:
+        problems.append(f"num_workers={cfg['num_workers']}; use 0 or more")
+    if cfg.get("pin_memory") is True and str(cfg.get("device", "")).startswith("cpu"):
+        problems.append("pin_memory=True speeds up copies to a GPU, but device is cpu; set pin_memory=auto")
+    return problems
+
+
+def _attention_problems(cfg: dict) -> list[str]:
+    if cfg.get("attention_backend") != "flex":
+        return []
+    device = str(cfg.get("device") or "auto")
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    problem = flex.backward_problem(device.split(":")[0])
+    return [] if problem is None else [f"attention_backend=flex: {problem}; use attention_backend=auto or sdpa"]
 
 
 def _mesh_problems(cfg: dict) -> list[str]:
@@ -100,6 +185,7 @@ class FullSettings(TrainingSettings):
     """Full fine-tuning: every weight trains."""
 
     optimizer_in_bwd: bool = setting(False, "Step each parameter as soon as its gradient is ready (saves gradient memory; no accumulation or clipping).")
+    weight_precision: Literal["dtype", "fp32_master", "stochastic_rounding"] = setting("dtype", "With dtype=bf16: dtype keeps weights and optimizer state in bf16, each update rounded to nearest; fp32_master stores weights, gradients and optimizer state in fp32 and computes in bf16 (autocast on one device, FSDP2's param_dtype under torchrun; the saved model is fp32); stochastic_rounding keeps bf16 weights and has torchao's Adam/AdamW round each update stochastically (bf16_stochastic_round). Bytes per weight in docs/methods.md.")
 
     @classmethod
     def value_problems(cls, cfg: dict) -> list[str]:
@@ -108,7 +194,7 @@ class FullSettings(TrainingSettings):
         if cfg.get("optimizer_in_bwd") and (accumulates or cfg.get("clip_grad_norm")):
             problems.append("optimizer_in_bwd steps each weight inside backward, so it cannot accumulate gradients "
                             "or clip them; set gradient_accumulation_steps=1 and clip_grad_norm=null")
-        return problems
+        return problems + _weight_precision_problems(cfg, cls)
 
 
 @dataclass(kw_only=True)
@@ -116,6 +202,11 @@ class LoRASettings(TrainingSettings):
     """LoRA, DoRA and QLoRA: only adapter weights train."""
 
     save_adapter_weights_only: bool = setting(False, "Write only the PEFT adapter folder, not the merged model.")
+    adapter_dtype: Literal["fp32", "bf16"] = setting("fp32", ADAPTER_DTYPE_DOC)
+
+    @classmethod
+    def value_problems(cls, cfg: dict) -> list[str]:
+        return super().value_problems(cfg) + _adapter_dtype_problems(cfg, cls)
 
 
 @dataclass(kw_only=True)
@@ -123,6 +214,7 @@ class AdapterSettings(TrainingSettings):
     """LLaMA-Adapter v1 and v2: prompts and gates train (v2 also scales, biases and norms); base weights stay frozen."""
 
     fold_adapter_v2: bool = setting(False, "v2 only: also write merged/, an HF model folder with the scales and biases folded into the linear weights; prompts cannot be folded and are left out, so it equals the adapter model only without prompts.")
+    adapter_dtype: Literal["fp32", "bf16"] = setting("fp32", ADAPTER_DTYPE_DOC)
 
     @classmethod
     def value_problems(cls, cfg: dict) -> list[str]:
@@ -131,4 +223,4 @@ class AdapterSettings(TrainingSettings):
         if cfg.get("fold_adapter_v2") and model.get("adapter") != "v2":
             problems.append("fold_adapter_v2=True needs model.adapter=v2: v1 learns only prompts, which cannot "
                             "be folded into weights; set fold_adapter_v2=False")
-        return problems
+        return problems + _adapter_dtype_problems(cfg, cls)

@@ -32,7 +32,7 @@ from tunelib.checkpoint import atomic, training_state, writes
 from tunelib.checkpoint.lock import OutputDirLock
 from tunelib.config import instantiate
 from tunelib.errors import CheckpointError, ConfigError, NothingToDo
-from tunelib.training import report, runtime
+from tunelib.training import precision, report, runtime
 from tunelib.training.distributed import Dist
 from tunelib.training.fingerprint import run_fingerprint
 from tunelib.training.loggers import JSONLLogger, MetricLoggers
@@ -130,6 +130,7 @@ def build_run(cfg, method: Method) -> Built:
 
 
 def _build(cfg, method: Method, checkpointer, output_lock: OutputDirLock | None, term: TermDuringSetup) -> Built:
+    runtime.configure_cuda_allocator(cfg.device)  # before CUDA starts: its allocator reads it once
     device = runtime.resolve_device(cfg.device, _local_rank())
     runtime.set_cpu_threads(cfg.cpu_threads)
     runtime.return_freed_host_memory()
@@ -149,12 +150,13 @@ def _build(cfg, method: Method, checkpointer, output_lock: OutputDirLock | None,
         training_state.check_resume(saved, settings, numbers, resume.path)
     # FSDP2's CPU offload keeps the shards (weights, adapters) in CPU memory; compute stays on `device`.
     held = torch.device("cpu") if dist.enabled and cfg.fsdp_cpu_offload else device
-    _start_adapters(model, method, held, dtype)
+    _start_adapters(model, method, held, precision.adapter_dtype(cfg, dtype))
     _make_trainable(model, method)
-    _transform(model, cfg, dist, device)
+    _transform(model, cfg, dist, device, method)
     # Sharded first, then filled: under FSDP2 each rank reads only its own rows of each weight.
-    checkpointer.load_model(model, dtype=dtype, device=held, resume=resume, buffer_device=device)
-    _finish_adapters(model, method, held, dtype)
+    checkpointer.load_model(model, dtype=precision.stored_dtype(cfg, dtype), device=held, resume=resume,
+                            buffer_device=device)
+    _finish_adapters(model, method, held, precision.adapter_dtype(cfg, dtype))
     if resume is not None:  # last: what the checkpoint trained (adapters, v2's norms) wins over the base
         checkpointer.load_adapter(model, resume)
     dist.say(_parameter_counts(model))
@@ -169,7 +171,12 @@ def _build(cfg, method: Method, checkpointer, output_lock: OutputDirLock | None,
 
     optimizer = _optimizer(cfg, trainable)
     state = TrainState(seed=seed)
-    run = Run(model=model, optimizer=optimizer, scheduler=None, loss_fn=_loss(cfg), loader=loader,
+    loss_fn = precision.compute_in(_loss(cfg), cfg, device, dtype, sharded=dist.enabled)
+    if cfg.compile:
+        from tunelib.training import transforms
+
+        transforms.compile_loss(loss_fn)
+    run = Run(model=model, optimizer=optimizer, scheduler=None, loss_fn=loss_fn, loader=loader,
               val_loader=val_loader, save=None, logger=None, dist=dist, device=device, settings=cfg,
               state=state, optimizer_in_bwd=isinstance(optimizer, OptimizerInBackward), trainable=trainable)
     run.scheduler = _scheduler(cfg, optimizer, run.total_steps)
@@ -274,11 +281,13 @@ def _start_adapters(model: torch.nn.Module, method: Method, device, dtype) -> No
 
 
 def _finish_adapters(model: torch.nn.Module, method: Method, device, dtype) -> None:
-    """DoRA magnitudes of a fresh run, from the loaded base weights."""
-    from tunelib.peft import initialize_adapters
+    """DoRA magnitudes of a fresh run, from the loaded base weights; what else trains (LLaMA-Adapter
+    v2's norms, loaded with the base) in the adapters' dtype too."""
+    from tunelib.peft import initialize_adapters, store_trained_in
 
     if method != "full":
         initialize_adapters(model, device, dtype)
+        store_trained_in(model, dtype)
 
 
 def _make_trainable(model: torch.nn.Module, method: Method) -> None:
@@ -298,7 +307,7 @@ def _parameter_counts(model: torch.nn.Module) -> str:
     return f"Model: {total / 1e6:,.1f}M parameters, {count / 1e6:,.3f}M trainable ({100 * count / total:.2f}%)"
 
 
-def _transform(model: torch.nn.Module, cfg, dist: Dist, device: torch.device) -> None:
+def _transform(model: torch.nn.Module, cfg, dist: Dist, device: torch.device, method: Method) -> None:
     """Activation checkpointing (and offloading), compile, FSDP2, in that order (each wraps the decoder layers)."""
     from tunelib.training import transforms
 
@@ -307,13 +316,18 @@ def _transform(model: torch.nn.Module, cfg, dist: Dist, device: torch.device) ->
     if cfg.enable_activation_offloading and device.type != "cuda":
         raise ConfigError("enable_activation_offloading moves activations from GPU to CPU memory; it needs device=cuda")
     if cfg.enable_activation_checkpointing:
-        transforms.activation_checkpointing(model)
+        transforms.activation_checkpointing(model, every=cfg.ac_option if cfg.ac_mode == "selective" else 1)
     if cfg.enable_activation_offloading:
         transforms.activation_offloading(model, device)
+    # How attention runs is the decoder's attribute (the model code knows no settings); set
+    # before compiling, so the compiled layers trace the kernels it picks.
+    model.attention_backend = cfg.attention_backend
     if cfg.compile:
         transforms.compile_layers(model)
     if dist.enabled:
-        transforms.shard(model, cfg, device)
+        # Adapter runs gather each weight in its own dtype, so fp32 adapters compute in fp32 beside
+        # the bf16 base as on one device; full fine-tuning computes in `dtype` whatever it stores.
+        transforms.shard(model, cfg, device, cast_params=method == "full")
 
 
 # -- 5. data ---------------------------------------------------------------------------------
@@ -326,7 +340,21 @@ def _loader(cfg, node, tokenizer, model, dist: Dist, seed: int, batch_size: int,
     dataset = combine([instantiate(n, tokenizer) for n in nodes], seed=seed)
     check_token_ids(dataset, model.config.vocab_size)
     return build_loader(dataset, batch_size=batch_size, shuffle=shuffle, seed=seed,
-                        rank=dist.rank, world_size=dist.world_size, pad_id=tokenizer.pad_id)
+                        rank=dist.rank, world_size=dist.world_size, pad_id=tokenizer.pad_id,
+                        pad_to_multiple_of=cfg.pad_to_multiple_of or 1, num_workers=cfg.num_workers, pin_memory=_pin_memory(cfg, dist.device))
+
+
+def _pin_memory(cfg, device: torch.device) -> bool:
+    """Whether the loader pins batches: `pin_memory`, auto meaning on for CUDA.
+
+    Raises:
+        ConfigError: pin_memory=True on a run that resolved to the CPU.
+    """
+    if cfg.pin_memory == "auto":
+        return device.type == "cuda"
+    if cfg.pin_memory and device.type != "cuda":
+        raise ConfigError(f"pin_memory=True speeds up copies to a GPU, but this run is on {device}; set pin_memory=auto")
+    return bool(cfg.pin_memory)
 
 
 def _check_accumulation(cfg, batches: int, dist: Dist) -> None:
@@ -359,9 +387,10 @@ def _built(node, key: str, *args, **kwargs):
 
 
 def _optimizer(cfg, trainable: list[torch.nn.Parameter]):
+    options = precision.optimizer_options(cfg)
     if getattr(cfg, "optimizer_in_bwd", False):
-        return OptimizerInBackward(trainable, lambda params: _built(cfg.optimizer, "optimizer", params))
-    return _built(cfg.optimizer, "optimizer", trainable)
+        return OptimizerInBackward(trainable, lambda params: _built(cfg.optimizer, "optimizer", params, **options))
+    return _built(cfg.optimizer, "optimizer", trainable, **options)
 
 
 def _scheduler(cfg, optimizer, total_steps: int):
@@ -519,7 +548,7 @@ def preflight(cfg, method: Method) -> list[str]:
     if model is not None:
         _check_method(model, method)
     stand_in = torch.nn.Parameter(torch.zeros(1))
-    optimizer = _built(cfg.optimizer, "optimizer", [stand_in])
+    optimizer = _built(cfg.optimizer, "optimizer", [stand_in], **precision.optimizer_options(cfg))
     if cfg.lr_scheduler is not None:
         _scheduler(cfg, optimizer, total_steps=1)
     _loss(cfg)

@@ -1,8 +1,8 @@
 """Preemption: on SIGTERM or SIGINT, finish the current step, save, and exit 143 or 130.
 
 Clusters send SIGTERM some seconds before they kill a job; Ctrl-C sends SIGINT. Either sets a
-flag the loop reads after each optimizer step (all ranks agree through one collective), so
-every rank saves the same step and stops together. A second Ctrl-C stops at once.
+flag the loop reads at the end of each optimizer step (all ranks agree through the step's one
+all-reduce), so every rank saves the same step and stops together. A second Ctrl-C stops at once.
 """
 
 from __future__ import annotations
@@ -30,8 +30,9 @@ class StopOnSignal:
               "(Ctrl-C again to stop at once)", flush=True)
 
     def requested(self) -> bool:
-        """True on every rank once any rank got a signal."""
-        return self.dist.max(1.0 if self.signum is not None else 0.0) > 0
+        """True once this process got a signal (the loop makes every rank agree, in the
+        reduction it does once per step anyway)."""
+        return self.signum is not None
 
     @property
     def exit_code(self) -> int:

@@ -28,21 +28,28 @@ def decoder_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
     return list(model.model.layers)
 
 
-def activation_checkpointing(model: torch.nn.Module) -> None:
-    """Recompute each decoder layer's activations in backward instead of keeping them.
+def activation_checkpointing(model: torch.nn.Module, every: int = 1) -> list[int]:
+    """Recompute decoder layers' activations in backward instead of keeping them.
+
+    `every`: checkpoint every k-th layer, counted from 1 (torchtune's selective `ac_option`:
+    layers k-1, 2k-1, ... by index); 1 checkpoints all. The others keep their activations:
+    more memory, less recompute. Returns the indices of the checkpointed layers.
 
     The layer's forward is wrapped in place, rather than the layer in a wrapper module,
     so no `_checkpoint_wrapped_module` prefix ever reaches a state dict.
     """
-    for layer in decoder_layers(model):
-        inner = layer.forward
+    layers = decoder_layers(model)
+    chosen = [i for i in range(len(layers)) if (i + 1) % every == 0]
+    for i in chosen:
+        inner = layers[i].forward
 
         def forward(*args: Any, _inner=inner, **kwargs: Any):
             if torch.is_grad_enabled():
                 return checkpoint(_inner, *args, use_reentrant=False, **kwargs)
             return _inner(*args, **kwargs)
 
-        layer.forward = forward
+        layers[i].forward = forward
+    return chosen
 
 
 def activation_offloading(model: torch.nn.Module, device: torch.device, *, mover: Mover | None = None,
@@ -80,18 +87,38 @@ def activation_offloading(model: torch.nn.Module, device: torch.device, *, mover
     return offloader
 
 
-def compile_layers(model: torch.nn.Module) -> None:
-    """torch.compile each decoder layer (regional compile: one graph reused by every layer)."""
+def compile_layers(model: torch.nn.Module, backend: str = "inductor") -> None:
+    """torch.compile each decoder layer as one whole graph (regional compile: the graph is reused
+    by every layer alike).
+
+    `fullgraph=True`: a graph break (code Dynamo cannot trace) is an error at the first step
+    rather than a layer that silently runs partly eager. A batch length that changes makes the
+    length symbolic from the second one on (Dynamo's automatic dynamic shapes), so the graphs
+    per layer stay bounded (tests/training/test_compile_graphs.py counts them). `backend`:
+    torch.compile's (tests trace with "eager" or "aot_eager" to count graphs quickly).
+    """
     for layer in decoder_layers(model):
-        layer.compile()
+        layer.compile(fullgraph=True, backend=backend)
 
 
-def shard(model: torch.nn.Module, cfg: Any, device: torch.device) -> None:
+def compile_loss(loss: Any) -> bool:
+    """Ask `loss` to torch.compile its own hot part, through its `compile()` method (the built-in
+    LinearCrossEntropyLoss compiles its per-chunk cross-entropy). Returns whether it had one."""
+    compile_method = getattr(loss, "compile", None)
+    if compile_method is None:
+        return False
+    compile_method()
+    return True
+
+
+def shard(model: torch.nn.Module, cfg: Any, device: torch.device, *, cast_params: bool = True) -> None:
     """FSDP2: shard each decoder layer and then the root over the data-parallel mesh.
 
     Takes the model, the checked settings (`dtype`, `fsdp_*`, `data_parallel_*`) and this
     process's device; the process group must be started. Weights are gathered in the training
-    dtype and gradients reduced in fp32. Returns nothing: the model is sharded in place.
+    dtype (whatever they are stored in: fp32 master weights compute in bf16), or with
+    `cast_params=False` each in the dtype it is stored in (fp32 adapters beside a bf16 base);
+    gradients are reduced in fp32. Returns nothing: the model is sharded in place.
 
     Raises:
         ConfigError: data_parallel_replicate_dim x data_parallel_shard_dim is not the world size.
@@ -100,7 +127,8 @@ def shard(model: torch.nn.Module, cfg: Any, device: torch.device) -> None:
 
     options = {
         "mesh": data_parallel_mesh(device, cfg.data_parallel_shard_dim, cfg.data_parallel_replicate_dim),
-        "mp_policy": MixedPrecisionPolicy(param_dtype=resolve_dtype(cfg.dtype, device), reduce_dtype=torch.float32),
+        "mp_policy": MixedPrecisionPolicy(param_dtype=resolve_dtype(cfg.dtype, device) if cast_params else None,
+                                          reduce_dtype=torch.float32),
         "reshard_after_forward": cfg.fsdp_reshard_after_forward,
     }
     if cfg.fsdp_cpu_offload:
