@@ -72,16 +72,16 @@ def make_step(w: Workload, model_dir: Path, lora_init: Path, batches: list[dict]
     """One training step of a fresh copy of the workload's model: returns a callable -> loss."""
     from safetensors.torch import load_file
 
-    from tunelib.checkpoint.checkpointer import HFCheckpointer
     from tunelib.models import from_hf_config
-    from tunelib.peft import initialize_adapters, set_trainable
+    from tunelib.peft import apply_peft, initialize_adapters, set_trainable
+    from tunelib.training.checkpointer import HFCheckpointer
 
     kwargs = {}
     if w.method != "full":
         attn, mlp = lora_split(w)
         kwargs = dict(lora_attn_modules=attn, apply_lora_to_mlp=mlp, lora_rank=w.lora_rank,
                       lora_alpha=w.lora_alpha, lora_dropout=0.0)
-    model = from_hf_config(checkpoint_dir=str(model_dir), **kwargs)
+    model = apply_peft(from_hf_config(checkpoint_dir=str(model_dir), **kwargs))
     HFCheckpointer(str(model_dir), "/tmp/unused").load_model(model, dtype=torch.float32, device=torch.device("cpu"),
                                                              resume=None)
     if w.method == "full":

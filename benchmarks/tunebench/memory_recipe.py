@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Literal
 
 import tunelib.data  # noqa: F401 - imported here, so its cost is not counted as loading (setup imports it late)
-from tunelib.checkpoint import HFCheckpointer
+from tunelib.training import HFCheckpointer
 from tunelib.config.schema import setting
 from tunelib.training import train
 from tunelib.training.settings import LoRASettings

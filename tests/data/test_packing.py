@@ -7,9 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from support.data import many_rows, write_rows
-
 import tunelib.data as D
+from support.data import many_rows, write_rows
 from tunelib.data.packing import PackedDataset, plan_packs
 from tunelib.errors import DataError
 
@@ -98,10 +97,9 @@ def test_packed_builder_and_loader_batches(short_chat, tmp_path):
 @pytest.mark.parametrize("family", ["llama3", "qwen2_5"])
 def test_packed_loss_equals_unpacked_loss(tokenizer_folders, tmp_path, family):
     """The summed loss and token count of the same documents, packed or one per row."""
-    from support.models import make_hf_model_folder
-
     import tunelib.tokenizers as T
-    from tunelib.models import from_pretrained
+    from support.models import make_hf_model_folder
+    from tunelib.checkpoint import from_pretrained
     from tunelib.training.loss import LinearCrossEntropyLoss
 
     tok = T.from_pretrained(tokenizer_folders("llama3").folder, max_seq_len=256, chat_format="llama3")

@@ -18,7 +18,7 @@ def tiny_models(tmp_path_factory):
     """family -> a tiny tunelib CausalLM in fp32, eval mode (built once per test module)."""
     pytest.importorskip("transformers")
     from support.models import make_hf_model_folder
-    from tunelib.models import from_pretrained
+    from tunelib.checkpoint import from_pretrained
 
     cache = {}
 
@@ -56,9 +56,9 @@ def trained(tmp_path_factory) -> Trained:
     # A high learning rate, so two steps move the adapters far enough to change the logits.
     fast = ("max_steps_per_epoch=2", "lr_scheduler.num_warmup_steps=0", "optimizer.lr=2e-2")
     runs = {
-        "lora": ("lora_finetune_single_device", "llama3_2/1B_lora", *fast, "model.apply_lora_to_mlp=True"),
+        "lora": ("lora_finetune_single_device", "llama3_2/1B_lora_tunelib", *fast, "model.apply_lora_to_mlp=True"),
         "dora": ("lora_finetune_single_device", "llama3_2/1B_dora", *fast, "model.apply_lora_to_output=True"),
-        "full": ("full_finetune_single_device", "llama3_2/1B_full", "max_steps_per_epoch=2",
+        "full": ("full_finetune_single_device", "llama3_2/1B_full_tunelib", "max_steps_per_epoch=2",
                  "optimizer._component_=torch.optim.AdamW", "optimizer_in_bwd=False", "optimizer.lr=1e-3"),
         # start layer 1 of 2, so one layer gets the prompts.
         "adapter_v2": ("adapter_finetune_single_device", "llama3_2/1B_adapter_v2", *fast, "model.adapter_start_layer=1"),

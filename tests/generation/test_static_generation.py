@@ -41,7 +41,7 @@ def static_logits(model, ids: list[int], prompt_len: int) -> torch.Tensor:
 @pytest.mark.parametrize("family", ["llama3_2", "gemma2", "qwen2_5"])
 def test_static_cache_gives_full_forward_logits_and_transformers_greedy_tokens(hf_folder, family, eager_static):
     from support.models import load_hf_model
-    from tunelib.models import from_pretrained
+    from tunelib.checkpoint import from_pretrained
 
     model = from_pretrained(hf_folder(family), dtype="float32")
     hf = load_hf_model(hf_folder(family))
@@ -58,7 +58,7 @@ def test_static_cache_gives_full_forward_logits_and_transformers_greedy_tokens(h
 
 
 def test_the_generator_uses_the_static_cache_when_compiling(hf_folder, eager_static):
-    from tunelib.models import from_pretrained
+    from tunelib.checkpoint import from_pretrained
 
     model = from_pretrained(hf_folder("llama3_2"), dtype="float32")
     compiled, plain = Generator(model, compile=True), Generator(model)
@@ -69,7 +69,7 @@ def test_the_generator_uses_the_static_cache_when_compiling(hf_folder, eager_sta
 
 
 def test_a_chat_reuses_rewinds_and_grows_the_static_cache(hf_folder, eager_static, monkeypatch):
-    from tunelib.models import from_pretrained
+    from tunelib.checkpoint import from_pretrained
 
     model = from_pretrained(hf_folder("llama3_2"), dtype="float32")
     gen = Generator(model, context=1024, compile=True)
@@ -93,7 +93,7 @@ def test_a_chat_reuses_rewinds_and_grows_the_static_cache(hf_folder, eager_stati
 
 
 def test_llama_adapter_prompts_work_on_the_static_cache(hf_folder, eager_static):
-    from tunelib.models import from_pretrained
+    from tunelib.checkpoint import from_pretrained
     from tunelib.peft.llama_adapter import LlamaAdapterSpec, add_llama_adapter
 
     model = from_pretrained(hf_folder("llama3_2"), dtype="float32")
@@ -112,7 +112,7 @@ def test_llama_adapter_prompts_work_on_the_static_cache(hf_folder, eager_static)
 def test_the_compiled_step_gives_eager_tokens_in_one_graph(hf_folder):
     from torch._dynamo.utils import counters
 
-    from tunelib.models import from_pretrained
+    from tunelib.checkpoint import from_pretrained
 
     model = from_pretrained(hf_folder("llama3_2"), dtype="float32")
     counters.clear()

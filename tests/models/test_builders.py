@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import json
 import re
@@ -13,9 +14,9 @@ from support.models import FAMILIES
 import tunelib.models as models
 from tunelib.config.checks import check_component
 from tunelib.errors import CheckpointError
-from tunelib.models import builders, from_hf_config, hf_formats
+from tunelib.models import AdapterOptions, builders, from_hf_config, hf_formats
 from tunelib.models.registry import format_for
-from tunelib.peft import apply_peft
+from tunelib.peft import apply_peft, lora_modules
 
 DOCS = Path(__file__).parents[2] / "docs" / "models.md"
 
@@ -40,12 +41,12 @@ def test_named_sizes_have_the_published_parameter_counts(name):
     assert sum(p.numel() for p in model.parameters()) == PUBLISHED[name]
 
 
-def test_every_builder_takes_checkpoint_dir_and_exactly_the_peft_keywords():
-    peft = [p for p in inspect.signature(apply_peft).parameters.values() if p.kind is p.KEYWORD_ONLY]
+def test_every_builder_takes_checkpoint_dir_and_exactly_the_adapter_keywords():
+    options = [(f.name, f.default) for f in dataclasses.fields(AdapterOptions)]
     for name, builder in {**builders(), "from_hf_config": from_hf_config}.items():
         params = list(inspect.signature(builder).parameters.values())
         assert params[0].name == "checkpoint_dir", name
-        assert [(p.name, p.default) for p in params[1:]] == [(p.name, p.default) for p in peft], name
+        assert [(p.name, p.default) for p in params[1:]] == options, name
     assert inspect.signature(from_hf_config).parameters["checkpoint_dir"].default is inspect.Parameter.empty
 
 
@@ -61,13 +62,15 @@ def test_config_checks_accept_adapter_keys_after_a_component_swap():
                            ("checkpoint_dir",)) == []
 
 
-def test_adapter_keywords_go_to_apply_peft(monkeypatch):
-    calls = []
-    monkeypatch.setattr("tunelib.models.build.apply_peft", lambda model, **kw: calls.append(kw) or model)
-    builders()["llama3_2_1b"]()
-    assert calls == []  # a plain builder call builds the plain model
-    builders()["llama3_2_1b"](lora_attn_modules=["q_proj"], lora_rank=4)
-    assert calls == [{"lora_attn_modules": ["q_proj"], "lora_rank": 4}]
+def test_adapter_keywords_are_recorded_for_apply_peft():
+    assert builders()["llama3_2_1b"]().adapter_options is None  # a plain builder call builds the plain model
+    model = builders()["llama3_2_1b"](lora_attn_modules=["q_proj"], lora_rank=4)
+    assert model.adapter_options == AdapterOptions(lora_attn_modules=["q_proj"], lora_rank=4)
+    assert not lora_modules(model)  # the model package adds no adapters itself
+    apply_peft(model)
+    assert sorted({name.split(".")[-1] for name in lora_modules(model)}) == ["q_proj"]
+    assert {m.lora_A.weight.shape[0] for m in lora_modules(model).values()} == {4}
+    assert model.adapter_options is None  # applied once
     with pytest.raises(TypeError, match="lora_rnak"):
         builders()["llama3_2_1b"](lora_rnak=4)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tunelib.models import from_pretrained
+from tunelib.checkpoint import from_pretrained
 from tunelib.models.attention import build_mask
 
 # Families whose attention differs: RoPE scaling, sliding windows (all layers, alternating,

@@ -9,11 +9,11 @@ import pytest
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
-from support.models import load_hf_model
 
-from tunelib.checkpoint import load_hf_weights, save_hf_folder
+from support.models import load_hf_model
+from tunelib.checkpoint import from_pretrained, load_hf_weights, save_hf_folder
 from tunelib.errors import CheckpointError
-from tunelib.models import from_hf_config, from_pretrained
+from tunelib.models import from_hf_config
 
 
 def copy_folder(src, dst):

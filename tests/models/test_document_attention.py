@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tunelib.models import decoder, from_pretrained
+from tunelib.checkpoint import from_pretrained
+from tunelib.models import decoder
 from tunelib.models.attention import Attention, document_lengths
 
 

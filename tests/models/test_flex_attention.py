@@ -12,7 +12,8 @@ import pytest
 import torch
 import torch.nn.attention.flex_attention as torch_flex
 
-from tunelib.models import decoder, flex, from_pretrained
+from tunelib.checkpoint import from_pretrained
+from tunelib.models import decoder, flex
 
 pytestmark = [
     pytest.mark.skipif(not flex.available(), reason="this torch has no torch.nn.attention.flex_attention"),

@@ -10,10 +10,10 @@ from __future__ import annotations
 import pytest
 import torch
 from safetensors import safe_open
-from support.models import FAMILIES, load_hf_model
 
-from tunelib.checkpoint import save_hf_folder
-from tunelib.models import from_pretrained, read_hf_config
+from support.models import FAMILIES, load_hf_model
+from tunelib.checkpoint import from_pretrained, save_hf_folder
+from tunelib.models import read_hf_config
 
 ATOL = 1e-5
 

@@ -44,7 +44,7 @@ def loaded(folder, **adapter):
     import tunelib.models
     from tunelib.checkpoint import load_hf_weights
 
-    model = tunelib.models.from_hf_config(folder, **adapter)
+    model = apply_peft(tunelib.models.from_hf_config(folder, **adapter))
     load_hf_weights(model, folder, dtype=torch.float32, device="cpu", transform=nf4_transform(model),
                     ignore_missing=is_adapter_key)
     initialize_adapters(model)
@@ -67,7 +67,7 @@ IDS = torch.randint(0, 128, (2, 10), generator=torch.Generator().manual_seed(0))
 
 
 def _trainable(builder, **adapter) -> int:
-    model = builder(**adapter)  # on meta: counting needs no memory
+    model = apply_peft(builder(**adapter))  # on meta: counting needs no memory
     return set_trainable(model)
 
 
@@ -198,13 +198,13 @@ def test_bad_settings_are_config_errors(folders, settings, message):
     import tunelib.models
 
     with pytest.raises(ConfigError, match=message):
-        tunelib.models.from_hf_config(folders("llama3_2"), **settings)
+        apply_peft(tunelib.models.from_hf_config(folders("llama3_2"), **settings))
 
 
 def test_v2_without_prompts_is_allowed():
     from tunelib.models.llama2 import llama2_7b
 
-    model = llama2_7b(adapter="v2", adapter_start_layer=32)
+    model = apply_peft(llama2_7b(adapter="v2", adapter_start_layer=32))
     assert not any(isinstance(m, PromptedAttention) for m in model.modules())
 
 
@@ -235,6 +235,7 @@ def test_nf4_base_with_adapter(tmp_path, version):
 
 @pytest.mark.parametrize("version", ["v1", "v2"])
 def test_saved_adapter_reloads_with_the_same_logits(folders, tmp_path, version):
+    import tunelib.checkpoint
     import tunelib.models
 
     folder = folders("qwen2")
@@ -242,7 +243,7 @@ def test_saved_adapter_reloads_with_the_same_logits(folders, tmp_path, version):
     randomize(model)
     save_llama_adapter(model, tmp_path / "adapter", base_model_name_or_path=str(folder))
     assert not (tmp_path / "adapter/adapter_config.json").exists()  # never taken for a PEFT folder
-    fresh = load_llama_adapter(tunelib.models.from_pretrained(folder), tmp_path / "adapter")  # a plain model
+    fresh = load_llama_adapter(tunelib.checkpoint.from_pretrained(folder), tmp_path / "adapter")  # a plain model
     resumed = load_llama_adapter(loaded(folder, adapter=version, adapter_prompt_length=3), tmp_path / "adapter")
     with torch.no_grad():
         assert torch.equal(fresh(IDS), model(IDS)) and torch.equal(resumed(IDS), model(IDS))
@@ -251,6 +252,7 @@ def test_saved_adapter_reloads_with_the_same_logits(folders, tmp_path, version):
 def test_reload_refuses_what_does_not_fit(folders, tmp_path):
     import json
 
+    import tunelib.checkpoint
     import tunelib.models
 
     folder = folders("llama3_2")
@@ -258,11 +260,11 @@ def test_reload_refuses_what_does_not_fit(folders, tmp_path):
     with pytest.raises(CheckpointError, match="holds adapter=v1, adapter_prompt_length=10.* model has adapter=v2"):
         load_llama_adapter(loaded(folder, adapter="v2"), tmp_path / "adapter")
     with pytest.raises(CheckpointError, match="not a tunelib LLaMA-Adapter folder"):
-        load_llama_adapter(tunelib.models.from_pretrained(folder), tmp_path)
+        load_llama_adapter(tunelib.checkpoint.from_pretrained(folder), tmp_path)
     config = tmp_path / "adapter/tunelib_llama_adapter.json"
     config.write_text(json.dumps({**json.loads(config.read_text()), "adapter_start_layer": 1}))
     with pytest.raises(CheckpointError, match="no tensor for model.layers.1.self_attn.adapter_"):
-        load_llama_adapter(tunelib.models.from_pretrained(folder), tmp_path / "adapter")
+        load_llama_adapter(tunelib.checkpoint.from_pretrained(folder), tmp_path / "adapter")
 
 
 def test_generation_with_a_cache_equals_the_full_forward(folders):

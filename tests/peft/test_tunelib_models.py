@@ -14,6 +14,7 @@ import transformers
 
 from tunelib.peft import (
     adapter_params,
+    apply_peft,
     initialize_adapters,
     is_adapter_key,
     load_peft_adapter,
@@ -37,7 +38,7 @@ def _hf_folder(tiny, tmp_path, hidden=64, tie=False):
 
 
 def _ours(folder, **settings):
-    model = models.from_hf_config(folder, **settings)
+    model = apply_peft(models.from_hf_config(folder, **settings))
     checkpoint.load_hf_weights(model, folder, dtype=torch.float32, transform=nf4_transform(model),
                                ignore_missing=is_adapter_key)
     torch.manual_seed(0)

@@ -26,7 +26,7 @@ from support.fake_hub import FakeHub
 from support.recipes import ROWS, tiny_model_folder, words
 
 REPO = Path(__file__).resolve().parents[2]
-LORA = ("lora_finetune_single_device", "--config", "llama3_2/1B_lora")
+LORA = ("lora_finetune_single_device", "--config", "llama3_2/1B_lora_tunelib")
 TOKEN = "hf_secretTOKENfortunelibtests0123"
 REPO_ID = "org/Tiny-Llama-3.2"
 PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".pkl", ".pickle", ".ckpt")
@@ -187,7 +187,7 @@ def test_a_plain_pytorch_model_bin_still_loads(run, tmp_path):
     # The refusal above is of the payload, not of .bin files: the same tensors without it load.
     from safetensors.torch import load_file
 
-    from tunelib.models import from_pretrained
+    from tunelib.checkpoint import from_pretrained
 
     folder = tmp_path / "model"
     shutil.copytree(run.model, folder)

@@ -16,7 +16,7 @@ from typing import Iterator
 
 import pytest
 
-from tunelib.checkpoint import HFCheckpointer
+from tunelib.training import HFCheckpointer
 from tunelib.training import LinearCrossEntropyLoss
 
 PAGE = 4096  # tmpfs counts the space of each file in whole pages

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from tunelib.checkpoint import HFCheckpointer
+from tunelib.training import HFCheckpointer
 from tunelib.training import LinearCrossEntropyLoss
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from tunelib.checkpoint import HFCheckpointer
+from tunelib.training import HFCheckpointer
 
 
 class PauseInFinalSave(HFCheckpointer):

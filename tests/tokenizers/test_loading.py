@@ -181,8 +181,7 @@ def test_a_tiny_model_and_tokenizer_share_a_folder(tmp_path, model_family, token
     # Recipe tests save a tiny model, then write the tokenizer beside it.
     from support.models import make_hf_model_folder
     from support.tokenizers import write_tokenizer
-
-    from tunelib.models import from_pretrained as load_model
+    from tunelib.checkpoint import from_pretrained as load_model
 
     folder = tmp_path / "model"
     make_hf_model_folder(folder, model_family, vocab_size=1024)

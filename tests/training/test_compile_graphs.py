@@ -17,7 +17,7 @@ from support.recipes import tiny_model_folder
 from tunelib.checkpoint import load_hf_weights
 from tunelib.data.collate import collate
 from tunelib.models import flex
-from tunelib.peft import initialize_adapters, is_adapter_key, nf4_transform, set_trainable
+from tunelib.peft import apply_peft, initialize_adapters, is_adapter_key, nf4_transform, set_trainable
 from tunelib.training import transforms
 from tunelib.training.loss import LinearCrossEntropyLoss, chunk_cross_entropy
 
@@ -52,7 +52,7 @@ def fresh_dynamo():
 
 
 def _model(folder, method: str):
-    model = tunelib.models.from_hf_config(folder, **METHODS[method])
+    model = apply_peft(tunelib.models.from_hf_config(folder, **METHODS[method]))
     load_hf_weights(model, folder, dtype=torch.float32, device="cpu", transform=nf4_transform(model),
                     ignore_missing=is_adapter_key)
     if method != "full":

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tunelib.models import from_pretrained
+from tunelib.checkpoint import from_pretrained
 from tunelib.training.loss import LinearCrossEntropyLoss, _LinearCrossEntropy, _plain_output_weight
 
 

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
+from tunelib import __version__
+
 MARKER = "tunelib_complete.json"
 _STEP = re.compile(r"^step_(\d+)$")
 
@@ -104,8 +106,6 @@ def _any_failed(dist, failure: BaseException | None) -> bool:
 
 
 def _write_marker(folder: Path, step: int, is_final: bool) -> None:
-    from tunelib import __version__
-
     info = {"step": step, "final": is_final, "time": time.strftime("%Y-%m-%dT%H:%M:%S"), "tunelib": __version__}
     (folder / MARKER).write_text(json.dumps(info) + "\n")
 

@@ -18,10 +18,10 @@ from typing import Any, Callable, ContextManager
 
 import torch
 
+from tunelib.checkpoint.pending import PendingWeight
 from tunelib.checkpoint.safetensors_io import Planned, write_streamed
 from tunelib.models.config import DecoderConfig
 from tunelib.models.registry import format_for, load_json, read_hf_config
-from tunelib.peft.pending import PendingWeight
 
 # Copied from the source folder when present; everything a tokenizer or a license needs.
 COPIED_FILES = (

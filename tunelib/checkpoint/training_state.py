@@ -19,8 +19,6 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from tunelib.checkpoint.safe_load import load_weights_only
 from tunelib.checkpoint.writes import torch_save
 from tunelib.errors import CheckpointError, ConfigError

@@ -11,7 +11,7 @@ import logging
 from pathlib import Path
 
 from tunelib.data.rows import TEXT_FORMATS, local_files, starts_with
-from tunelib.errors import DataError
+from tunelib.errors import ConfigError, DataError
 from tunelib.hub import go_offline_unless_reachable
 
 LOCAL_FORMATS = ("json", "csv", "parquet", "text", "arrow")
@@ -158,8 +158,6 @@ _KNOWN_KEYS = ("source", "data_files", "split", "column_map", "train_on_input", 
 def _unknown_option(error: TypeError, kwargs: dict) -> Exception:
     import difflib
     import re
-
-    from tunelib.errors import ConfigError
 
     found = re.search(r"unexpected keyword argument '(\w+)'", str(error))
     if not found or found.group(1) not in kwargs:

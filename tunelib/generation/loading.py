@@ -17,8 +17,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from torch import nn
 
+from tunelib.checkpoint import load_hf_weights
 from tunelib.errors import CheckpointError, ConfigError
+from tunelib.models import from_hf_config
+from tunelib.models.registry import format_for
+from tunelib.peft import load_llama_adapter, load_peft_adapter, lora_modules
+from tunelib.quantization import torchao_folder
 
 PEFT_CONFIG = "adapter_config.json"
 LLAMA_ADAPTER_CONFIG = "tunelib_llama_adapter.json"  # tunelib.peft.llama_adapter_folder.CONFIG_NAME
@@ -146,8 +152,6 @@ def load_model(checkpoint_dir: str | Path, *, adapter_dir: str | Path | None = N
     Raises:
         CheckpointError, ConfigError: a folder, dtype or device that cannot be used.
     """
-    from tunelib.quantization import torchao_folder
-
     folder = resolve_model_folder(checkpoint_dir)
     adapter = resolve_adapter_folder(adapter_dir) if adapter_dir else None
     device = device if isinstance(device, torch.device) else resolve_device(device)
@@ -182,10 +186,6 @@ def fold_lora(model: torch.nn.Module) -> torch.nn.Module:
     A tied output layer keeps the base embedding when only the embedding had an adapter, and
     gets its own merged weight when it had one itself, exactly as the unmerged model computes.
     """
-    from torch import nn
-
-    from tunelib.peft import lora_modules
-
     for name, module in lora_modules(model).items():
         weight = nn.Parameter(module.merged_weight().detach(), requires_grad=False)
         if isinstance(module, nn.Embedding):
@@ -202,9 +202,6 @@ def fold_lora(model: torch.nn.Module) -> torch.nn.Module:
 
 
 def _load_plain(folder: Path, adapter: Path | None, dtype: torch.dtype | None, device: torch.device):
-    from tunelib.checkpoint import load_hf_weights
-    from tunelib.models import from_hf_config
-
     model = from_hf_config(folder)
     load_hf_weights(model, folder, dtype=dtype, device=device)
     if adapter is not None:
@@ -214,13 +211,8 @@ def _load_plain(folder: Path, adapter: Path | None, dtype: torch.dtype | None, d
 
 def _add_adapter(model, adapter: Path) -> None:
     if is_llama_adapter(adapter):
-        from tunelib.peft import load_llama_adapter
-
         load_llama_adapter(model, adapter)
         return
-    from tunelib.models.registry import format_for
-    from tunelib.peft import load_peft_adapter
-
     load_peft_adapter(model, adapter, fused_projections=format_for(model.config).fused_projections)
 
 

@@ -1,12 +1,14 @@
-"""Model builders: from a table of named sizes, from a folder's config.json, and with weights.
+"""Model builders: from a table of named sizes, and from a folder's config.json.
 
-Every builder takes `checkpoint_dir` plus exactly the keywords of `tunelib.peft.apply_peft`,
-read from its signature, so a config can swap `model._component_` between builders without
-tripping over leftover adapter keys, and `tune validate` can check names and types.
+Every builder takes `checkpoint_dir` plus exactly the keywords of `AdapterOptions`, so a config
+can swap `model._component_` between builders without tripping over leftover adapter keys, and
+`tune validate` can check names and types from the signature. The adapter keywords are recorded
+on the model (`model.adapter_options`) for `tunelib.peft.apply_peft` to apply.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import inspect
 import typing
@@ -16,25 +18,27 @@ from typing import Any, Callable
 import torch
 
 from tunelib.errors import CheckpointError
+from tunelib.models.adapter_options import AdapterOptions
 from tunelib.models.config import DecoderConfig
 from tunelib.models.decoder import CausalLM
 from tunelib.models.registry import read_hf_config
-from tunelib.peft import apply_peft
 
 
 def build(config: DecoderConfig, adapters: dict[str, Any]) -> CausalLM:
-    """A CausalLM on the meta device, with `apply_peft(model, **adapters)` when any keyword was given."""
+    """A CausalLM on the meta device; `adapters` (AdapterOptions keywords), when any is given,
+    recorded as `model.adapter_options` for `tunelib.peft.apply_peft`."""
     with torch.device("meta"):
         model = CausalLM(config)
-    return apply_peft(model, **adapters) if adapters else model
+    model.adapter_options = AdapterOptions(**adapters) if adapters else None
+    return model
 
 
 @functools.cache
 def adapter_parameters() -> tuple[inspect.Parameter, ...]:
-    """apply_peft's keyword-only parameters, with evaluated annotations."""
-    hints = typing.get_type_hints(apply_peft)
-    return tuple(p.replace(annotation=hints.get(p.name, p.annotation))
-                 for p in inspect.signature(apply_peft).parameters.values() if p.kind is p.KEYWORD_ONLY)
+    """AdapterOptions' fields as keyword-only parameters, with evaluated annotations."""
+    hints = typing.get_type_hints(AdapterOptions)
+    return tuple(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=f.default,
+                                   annotation=hints[f.name]) for f in dataclasses.fields(AdapterOptions))
 
 
 def _with_signature(fn: Callable, name: str, doc: str, module: str, checkpoint_default: Any) -> Callable:
@@ -52,7 +56,8 @@ _ARGS_DOC = """
     Args:
         checkpoint_dir: {checkpoint}
         lora_attn_modules, apply_lora_to_mlp, ...: adapter settings, exactly those of
-            `tunelib.peft.apply_peft`; when any is given the model comes back with adapters.
+            `tunelib.models.AdapterOptions`; when any is given they are recorded as
+            `model.adapter_options`, and `tunelib.peft.apply_peft(model)` adds the adapters.
 
     Returns:
         CausalLM on the meta device; load weights with `tunelib.checkpoint.load_hf_weights`.
@@ -123,30 +128,3 @@ from_hf_config = _with_signature(
                        raises="config.json is missing or names an unsupported architecture (the supported "
                               "ones are listed)."),
     __name__, inspect.Parameter.empty)
-
-
-def from_pretrained(folder: str | Path, dtype: torch.dtype | str | None = None,
-                    device: torch.device | str | None = None) -> CausalLM:
-    """A model with its weights, from a Hugging Face model folder.
-
-    Args:
-        folder: holds config.json and model.safetensors (or shards with an index, or .bin files).
-        dtype: e.g. torch.bfloat16 or "bfloat16"; None keeps the checkpoint's dtype.
-        device: where the weights go; None means CPU.
-
-    Returns:
-        CausalLM in eval mode; `model(token_ids)` on a (batch, seq) LongTensor gives
-        logits (batch, seq, vocab).
-
-    Raises:
-        CheckpointError: a missing or unsupported config, or weights that do not fit it.
-    """
-    from tunelib.checkpoint import load_hf_weights
-
-    if isinstance(dtype, str):
-        dtype = getattr(torch, dtype, None) if dtype.isidentifier() else None
-        if not isinstance(dtype, torch.dtype):
-            raise ValueError("dtype must be a torch.dtype or a name such as 'bfloat16' or 'float32'")
-    model = from_hf_config(folder)
-    load_hf_weights(model, folder, dtype=dtype, device=device)
-    return model.eval()

@@ -156,6 +156,9 @@ class CausalLM(nn.Module):
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         if config.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
+        # The adapters a builder was asked for (an AdapterOptions), until tunelib.peft.apply_peft
+        # adds them; None: none asked.
+        self.adapter_options = None
 
     @property
     def attention_backend(self) -> str:

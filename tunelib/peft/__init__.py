@@ -3,7 +3,7 @@
 `apply_peft` swaps modules of a (meta-device) model by their Hugging Face names; the model
 code itself knows nothing about adapters. A recipe then does, in this order:
 
-    model = builder(**model_settings)                       # calls apply_peft, on meta
+    model = apply_peft(builder(**model_settings))           # on meta; or apply_peft(model, lora_rank=8, ...)
     load_hf_weights(model, folder, dtype=..., device=...,
                     transform=nf4_transform(model),        # NF4 for QLoRA, else None
                     ignore_missing=is_adapter_key)
@@ -21,9 +21,8 @@ LLaMA-Adapter v1/v2 (`apply_peft(model, adapter="v1")`) follows the same order b
 
 from __future__ import annotations
 
-from typing import Literal
-
 from tunelib.errors import ConfigError
+from tunelib.models.adapter_options import AdapterOptions
 from tunelib.peft import targets
 from tunelib.peft.dora import DoRAEmbedding, DoRALinear
 from tunelib.peft.fused import (
@@ -34,6 +33,16 @@ from tunelib.peft.fused import (
     split_adapter_state_dict,
     split_fused_lora,
 )
+from tunelib.peft.llama_adapter import (
+    AdapterV2Linear,
+    LlamaAdapterSpec,
+    PromptedAttention,
+    add_llama_adapter,
+    checked_spec,
+    llama_adapter_spec,
+)
+from tunelib.peft.llama_adapter_fold import fold_leaves_out, fold_llama_adapter_v2
+from tunelib.peft.llama_adapter_folder import load_llama_adapter, save_llama_adapter
 from tunelib.peft.lora import LoRAEmbedding, LoRALinear, LoraSpec
 from tunelib.peft.merge import merged_state_dict, merged_weights
 from tunelib.peft.params import (
@@ -50,45 +59,32 @@ from tunelib.peft.swap import add_adapters
 from tunelib.quantization import nf4_transform
 
 
-def apply_peft(
-    model,
-    *,
-    lora_attn_modules: list[str] | None = None,
-    apply_lora_to_mlp: bool = False,
-    apply_lora_to_output: bool = False,
-    apply_lora_to_embeddings: bool = False,
-    lora_rank: int = 8,
-    lora_alpha: float = 16.0,
-    lora_dropout: float = 0.0,
-    use_rslora: bool = False,
-    use_dora: bool = False,
-    quantize_base: bool = False,
-    adapter: Literal["v1", "v2"] | None = None,
-    adapter_prompt_length: int = 10,
-    adapter_start_layer: int = 2,
-):
-    """Apply the adapter settings of a model config to `model` in place and return it.
+def apply_peft(model, options: AdapterOptions | None = None, **keywords):
+    """Add the adapters of a model config to `model` in place and return it.
 
-    Every model builder takes exactly these keywords (plus `checkpoint_dir`) and passes them
-    here, so the LoRA/DoRA/QLoRA keys of a config work with every family.
+    Takes `options` (an AdapterOptions), or its fields as keywords, or neither: then the
+    options a model builder recorded on the model (`model.adapter_options`, from the config's
+    `model` node). See `tunelib.models.AdapterOptions` for what each option does. With no
+    target, no adapter and no DoRA/QLoRA the model is returned unchanged (full fine-tuning).
+    Afterwards `model.adapter_options` is None: nothing is left to apply.
 
-    - `lora_attn_modules`: any of q_proj, k_proj, v_proj, o_proj (torchtune's `output_proj`
-      is read as `o_proj`); `apply_lora_to_mlp`: gate_proj, up_proj, down_proj;
-      `apply_lora_to_output`: lm_head (with tied embeddings only the delta is on lm_head);
-      `apply_lora_to_embeddings`: embed_tokens.
-    - `lora_rank`, `lora_alpha`, `lora_dropout` (on the LoRA input only), `use_rslora`
-      (scale alpha/sqrt(rank) instead of alpha/rank), `use_dora` (every target gets DoRA).
-    - `quantize_base`: QLoRA; every linear inside the decoder layers holds a frozen NF4 weight.
-    - `adapter`: LLaMA-Adapter "v1" (a gated prompt of `adapter_prompt_length` vectors in
-      every layer from `adapter_start_layer`, counted from 0) or "v2" (v1 plus a scale and a
-      bias on every linear but the embedding, and trainable norms); see `llama_adapter.py`.
-      It replaces LoRA (no lora target may be set) and combines with `quantize_base`.
-
-    With no target, no adapter and no DoRA/QLoRA the model is returned unchanged (full
-    fine-tuning). Raises ConfigError for an unknown module name, a bad value, DoRA or QLoRA
-    without any target, LoRA and LLaMA-Adapter together, or a weight NF4 cannot hold (its
-    name and shape are in the message).
+    Raises:
+        TypeError: an unknown keyword, or both `options` and keywords.
+        ConfigError: an unknown module name, a bad value, DoRA or QLoRA without any target,
+            LoRA and LLaMA-Adapter together, or a weight NF4 cannot hold (its name and shape
+            are in the message).
     """
+    if options is not None and keywords:
+        raise TypeError("apply_peft takes options or keywords, not both")
+    if options is None:
+        options = AdapterOptions(**keywords) if keywords else getattr(model, "adapter_options", None)
+    model.adapter_options = None
+    return model if options is None else _apply(model, **options.as_kwargs())
+
+
+def _apply(model, *, lora_attn_modules, apply_lora_to_mlp, apply_lora_to_output, apply_lora_to_embeddings,
+           lora_rank, lora_alpha, lora_dropout, use_rslora, use_dora, quantize_base, adapter,
+           adapter_prompt_length, adapter_start_layer):
     leaves = targets.leaf_targets(lora_attn_modules, apply_lora_to_mlp, apply_lora_to_output,
                                   apply_lora_to_embeddings)
     if adapter is not None:
@@ -128,19 +124,6 @@ def _spec(rank, alpha, dropout, use_rslora, use_dora) -> LoraSpec:
         raise ConfigError(f"lora_dropout must be a number in [0, 1), got {dropout!r}")
     return LoraSpec(rank, float(alpha), float(dropout), bool(use_rslora), bool(use_dora))
 
-
-# Imported last, on purpose: LLaMA-Adapter subclasses tunelib.models' Attention, and importing
-# tunelib.models builds its model builders from apply_peft's signature, which must exist by then.
-from tunelib.peft.llama_adapter import (  # noqa: E402
-    AdapterV2Linear,
-    LlamaAdapterSpec,
-    PromptedAttention,
-    add_llama_adapter,
-    checked_spec,
-    llama_adapter_spec,
-)
-from tunelib.peft.llama_adapter_fold import fold_leaves_out, fold_llama_adapter_v2  # noqa: E402
-from tunelib.peft.llama_adapter_folder import load_llama_adapter, save_llama_adapter  # noqa: E402
 
 __all__ = [
     "PHI3_FUSED_PROJECTIONS",

@@ -16,10 +16,11 @@ import dataclasses
 import torch
 from torch import nn
 
+from tunelib.checkpoint.pending import PendingWeight
 from tunelib.models.config import DecoderConfig
+from tunelib.models.registry import format_for
 from tunelib.peft.llama_adapter import AdapterV2Linear, PromptedAttention, llama_adapter_spec
 from tunelib.peft.params import is_adapter_key
-from tunelib.peft.pending import PendingWeight
 from tunelib.quantization import nf4
 
 # Which DecoderConfig switch gives a linear (by its Hugging Face leaf name) a bias.
@@ -92,8 +93,6 @@ def bias_slots(config: DecoderConfig) -> DecoderConfig:
     Found by writing a config with all biases through the family's format and reading it
     back, so no family is named here.
     """
-    from tunelib.models.registry import format_for
-
     fmt = format_for(config)
     wanted = dataclasses.replace(config, qkv_bias=True, o_bias=True, mlp_bias=True)
     got = fmt.read(fmt.write(wanted))
@@ -101,7 +100,6 @@ def bias_slots(config: DecoderConfig) -> DecoderConfig:
 
 
 def _config_updates(config: DecoderConfig, slots: DecoderConfig) -> dict[str, object]:
-    from tunelib.models.registry import format_for
 
     fmt = format_for(config)
     before, after = fmt.write(config), fmt.write(slots)

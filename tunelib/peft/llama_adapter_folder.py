@@ -63,7 +63,7 @@ def _settings(model: nn.Module, spec: LlamaAdapterSpec, base_model_name_or_path:
         "architecture": getattr(config, "architecture", None),
         "num_hidden_layers": len(model.model.layers),
         "hidden_size": model.model.embed_tokens.weight.shape[1],
-        "load_with": "tunelib.peft.load_llama_adapter(tunelib.models.from_pretrained(base_model), this_folder)",
+        "load_with": "tunelib.peft.load_llama_adapter(tunelib.checkpoint.from_pretrained(base_model), this_folder)",
     }
 
 
@@ -93,7 +93,7 @@ def load_llama_adapter(model: nn.Module, adapter_dir: str | Path) -> nn.Module:
     """Put the LLaMA-Adapter of `adapter_dir` onto `model` (in place) and return it.
 
     `model` is either a plain tunelib model with its base weights (e.g. from
-    `tunelib.models.from_pretrained`), which then gets the adapter, or one built with the same
+    `tunelib.checkpoint.from_pretrained`), which then gets the adapter, or one built with the same
     adapter settings (a resumed run), whose adapter tensors are overwritten.
 
     Raises:

@@ -9,15 +9,16 @@ for callers that want a plain dict.
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass
 from typing import Callable
 
 import torch
 from torch import nn
 from torch.distributed.tensor import DTensor
 
+from tunelib.checkpoint.pending import PendingWeight
+from tunelib.peft.llama_adapter import llama_adapter_spec
+from tunelib.peft.llama_adapter_fold import folded_weights
 from tunelib.peft.params import is_adapter_key, lora_modules
-from tunelib.peft.pending import PendingWeight
 from tunelib.quantization import nf4
 
 
@@ -36,9 +37,6 @@ def merged_weights(model: nn.Module) -> tuple[dict[str, PendingWeight], dict[str
     A LLaMA-Adapter v2 model is folded by `folded_weights` (its prompts cannot be); for v1
     this raises ValueError, since prompts are all it has.
     """
-    from tunelib.peft.llama_adapter import llama_adapter_spec  # see tunelib/peft/__init__.py on import order
-    from tunelib.peft.llama_adapter_fold import folded_weights
-
     if llama_adapter_spec(model) is not None:
         return folded_weights(model)
     adapted = {f"{name}.weight": module for name, module in lora_modules(model).items()}

@@ -10,6 +10,7 @@ from torch.distributed.tensor import DTensor, distribute_tensor
 
 from tunelib.dtensors import whole_params
 from tunelib.peft.dora import DoRAEmbedding, DoRALinear
+from tunelib.peft.llama_adapter import initialize_llama_adapter, tuned_norm_weights
 from tunelib.peft.lora import LoRAEmbedding, LoRALinear
 
 # The parameter names PEFT gives LoRA and DoRA adapters, and those of LLaMA-Adapter
@@ -49,8 +50,6 @@ def adapter_params(model: nn.Module) -> dict[str, nn.Parameter]:
 
     These are the adapter keys, plus, for LLaMA-Adapter v2, the model's norm weights.
     """
-    from tunelib.peft.llama_adapter import tuned_norm_weights  # see tunelib/peft/__init__.py on import order
-
     norms = set(tuned_norm_weights(model))
     return {name: p for name, p in model.named_parameters() if is_adapter_key(name) or name in norms}
 
@@ -94,7 +93,6 @@ def initialize_adapters(model: nn.Module, device: torch.device | str | None = No
     for name, module in lora_modules(model).items():
         if isinstance(module, DORA_MODULES) and module.lora_magnitude_vector.is_meta and not module.weight.is_meta:
             _reset_magnitude(module)
-    from tunelib.peft.llama_adapter import initialize_llama_adapter
 
     initialize_llama_adapter(model, device, dtype)
 

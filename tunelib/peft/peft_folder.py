@@ -20,12 +20,12 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from tunelib.checkpoint.safe_load import load_weights_only
 from tunelib.errors import CheckpointError
 from tunelib.peft import targets
 from tunelib.peft.fused import fuse_for_peft, peft_module_name, split_from_peft
 from tunelib.peft.lora import LoraSpec
-from tunelib.peft.params import (LORA_MODULES, adapter_owner, adapter_state_dict, is_adapter_key, lora_modules,
-                                 put_value)
+from tunelib.peft.params import LORA_MODULES, adapter_owner, adapter_state_dict, is_adapter_key, lora_modules, put_value
 from tunelib.peft.swap import add_adapters
 
 CONFIG_NAME = "adapter_config.json"
@@ -303,9 +303,6 @@ def _read_weights(adapter_dir) -> dict[str, torch.Tensor]:
         return read_safetensors(folder / WEIGHTS_NAME)
     if (folder / LEGACY_WEIGHTS_NAME).is_file():
         # Old PEFT folders; weights_only refuses anything but tensors, so no code is run.
-        # Imported here: tunelib.checkpoint imports tunelib.models, which imports this package.
-        from tunelib.checkpoint.safe_load import load_weights_only
-
         return load_weights_only(folder / LEGACY_WEIGHTS_NAME)
     raise CheckpointError(f"{adapter_dir}: no {WEIGHTS_NAME} (or {LEGACY_WEIGHTS_NAME}) next to {CONFIG_NAME}")
 

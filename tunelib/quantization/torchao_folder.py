@@ -24,9 +24,14 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from tunelib.checkpoint import weight_files
 from tunelib.checkpoint.hf_load import materialize_buffers
 from tunelib.checkpoint.hf_save import _DTYPE_NAMES, write_folder_files
 from tunelib.errors import CheckpointError
+from tunelib.models import from_hf_config
+from tunelib.models.registry import format_for
+from tunelib.quantization.nf4 import _quiet_import
+from tunelib.quantization.weight_only import is_torchao_tensor
 
 QUANT_METHOD = "torchao"
 INDEX = "model.safetensors.index.json"
@@ -34,8 +39,6 @@ INDEX = "model.safetensors.index.json"
 
 def _torchao_safetensors():
     """torchao's (de)flattening of tensor subclasses for safetensors, imported quietly."""
-    from tunelib.quantization.nf4 import _quiet_import
-
     with _quiet_import():
         from torchao.prototype.safetensors import safetensors_support
     return safetensors_support
@@ -76,10 +79,6 @@ def load_quantized(folder: str | Path, *, dtype: torch.dtype | None = None, devi
         CheckpointError: weights that do not fit the model, a dtype that differs, or torchao
             metadata that is missing or unreadable.
     """
-    from tunelib.checkpoint import weight_files
-    from tunelib.models import from_hf_config
-    from tunelib.models.registry import format_for
-
     folder, device = Path(folder), torch.device(device)
     _check_dtype(folder, dtype)
     model = from_hf_config(folder)
@@ -136,8 +135,6 @@ def _read_state(folder: Path, files: list[Path]) -> dict[str, torch.Tensor]:
 
 def _split(key: str, tensor: torch.Tensor, model: nn.Module, fmt):
     """Checkpoint key -> our parameters; a quantized fused projection is cut into row ranges."""
-    from tunelib.quantization.weight_only import is_torchao_tensor
-
     module_name, _, leaf = key.rpartition(".")
     parent, _, fused = module_name.rpartition(".")
     parts = (fmt.fused_projections or {}).get(fused)

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from tunelib.errors import ConfigError
+from tunelib.quantization.nf4 import _quiet_import
 
 SCHEMES = ("int8", "int4")
 INT4_GROUP_SIZES = (32, 64, 128, 256)
@@ -53,8 +54,6 @@ def check_scheme(scheme: str, group_size: int, device: torch.device, dtype: torc
 
 def torchao_config(scheme: str, group_size: int = 128):
     """The torchao config object of a scheme (see the module docs)."""
-    from tunelib.quantization.nf4 import _quiet_import
-
     with _quiet_import():  # the same optional-kernel warnings nf4 silences
         from torchao.quantization import Int4WeightOnlyConfig, Int8WeightOnlyConfig
     # set_inductor_config=False: quantizing should not change torch.compile settings of the process.
