@@ -15,7 +15,8 @@
    torch._dynamo, host syncs counted by CUDA's sync debug mode.
 4. Training: Llama-3.1-8B LoRA and QLoRA, Llama-3.2-1B full fine-tuning (random weights made
    here, packed 2048 x 2, activation checkpointing, compile, fused AdamW): tokens/s (median of
-   the timed steps), MFU (formula in tunebench/flops.py), peak allocated and reserved memory.
+   the timed steps), MFU (formula in tunebench/flops.py), peak allocated and reserved memory,
+   and the peak `tune run` estimated before loading (tunelib/training/estimate.py) against it.
 
 Nothing is downloaded. Results: --out (default benchmarks/results/gpu-check-<time>/):
 gpu_check.json and table.md. It needs torch, tunelib's own packages (torchao, omegaconf,
@@ -25,9 +26,12 @@ safetensors, tokenizers, datasets, ...) and nothing else; on a bare CUDA image c
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import importlib
+import io
 import json
+import re
 import shutil
 import statistics
 import sys
@@ -246,17 +250,27 @@ def training(names: list[str], device: torch.device, out: Path, quick: bool) -> 
             _free(device)
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats()
-            result = _train(_prepare(w, out / name, name))
+            printed = io.StringIO()
+            with contextlib.redirect_stdout(printed):  # to read the estimate `tune run` prints at start
+                result = _train(_prepare(w, out / name, name))
+            print(printed.getvalue(), end="")
             tps = result["tokens_per_s"]
             peak = flops.H100_BF16_PEAK if device.type == "cuda" else flops.cpu_fp32_peak()
             memory = result["memory"]
             row.update(tokens_per_second=tps, mfu=flops.mfu(tps, w, peak),
                        peak_allocated_gib=memory.get("peak_allocated_gib", memory.get("peak_rss_gib")),
-                       peak_reserved_gib=memory.get("peak_reserved_gib"), losses=result["losses"])
+                       peak_reserved_gib=memory.get("peak_reserved_gib"), losses=result["losses"],
+                       estimate_gib=_printed_estimate(printed.getvalue()))
         except Exception as e:  # noqa: BLE001 - e.g. out of memory: the row says so, the others go on
             row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
         rows.append(row)
     return rows
+
+
+def _printed_estimate(stdout: str) -> float | None:
+    """The peak memory `build_run` estimated before loading (tunelib.training.estimate), in GiB."""
+    match = re.search(r"^Estimated peak memory: ([\d.]+) GiB", stdout, re.MULTILINE)
+    return float(match.group(1)) if match else None
 
 
 # -- the report ----------------------------------------------------------------------------------
@@ -279,14 +293,17 @@ def table(report: dict) -> str:
         lines += [f"Compiled LoRA step: {s['graph_breaks']} graph breaks, {s['recompiles']} graphs, "
                   f"host syncs per step {s['host_syncs_per_step']}", ""]
     if "training" in report:
-        lines += ["| workload | tokens/s | MFU | peak allocated GiB | peak reserved GiB |", "|---|---:|---:|---:|---:|"]
+        lines += ["| workload | tokens/s | MFU | peak allocated GiB | peak reserved GiB | estimate GiB "
+                  "| estimate ÷ measured |", "|---|---:|---:|---:|---:|---:|---:|"]
         for r in report["training"]:
             if "error" in r:
-                lines.append(f"| {r['workload']} | {r['error']} | | | |")
+                lines.append(f"| {r['workload']} | {r['error']} | | | | | |")
                 continue
-            alloc, reserved = r["peak_allocated_gib"], r["peak_reserved_gib"]
+            alloc, reserved, estimate = r["peak_allocated_gib"], r["peak_reserved_gib"], r.get("estimate_gib")
+            measured = reserved if reserved is not None else alloc  # reserved on a GPU, resident memory on a CPU
+            ratio = f"{estimate / measured:.2f}" if estimate and measured else "n/a"
             lines.append(f"| {r['workload']} | {r['tokens_per_second']:,.0f} | {100 * r['mfu']:.1f}% | "
-                         f"{_gib(alloc)} | {_gib(reserved)} |")
+                         f"{_gib(alloc)} | {_gib(reserved)} | {_gib(estimate)} | {ratio} |")
     return "\n".join(lines)
 
 

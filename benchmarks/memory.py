@@ -10,8 +10,9 @@ layers, 4 safetensors shards) is written once under --work. Each run is a two-st
 has the same losses) through `tune run`, with `tunebench/memory_recipe.py` reading the kernel's
 peak resident memory (VmHWM) of every rank for each phase: load (everything before the first
 step), train (the steps), save (the final folder). The report gives the largest rank's
-figure, and each as a multiple of the weights' bytes. Also checked: every run's losses equal
-the one-process run's.
+figure, and each as a multiple of the weights' bytes, beside the peak per process that `tune
+run` estimated at start (tunelib/training/estimate.py) and its ratio to the training phase's.
+Also checked: every run's losses equal the one-process run's.
 
 Results go to --out (default benchmarks/results/memory-<time>/): runs.json and table.md.
 """
@@ -22,6 +23,7 @@ import argparse
 import datetime as dt
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -120,12 +122,20 @@ def run_one(work: Path, method: str, procs: int, repeat: int) -> dict:
     ranks = [json.loads((out / f"memory_rank{r}.json").read_text()) for r in range(procs)]
     losses = [json.loads(line)["loss"] for line in (out / "metrics.jsonl").read_text().splitlines()]
     return {"method": method, "procs": procs, "repeat": repeat, "losses": losses,
-            "peak_gib": {phase: max(r[phase] for r in ranks) for phase in ("load", "train", "save")}}
+            "peak_gib": {phase: max(r[phase] for r in ranks) for phase in ("load", "train", "save")},
+            "estimate_gib": _printed_estimate(proc.stdout)}
+
+
+def _printed_estimate(stdout: str) -> float | None:
+    """The peak per process `tune run` estimated at start (tunelib.training.estimate), in GiB."""
+    match = re.search(r"^Estimated peak memory: ([\d.]+) GiB", stdout, re.MULTILINE)
+    return float(match.group(1)) if match else None
 
 
 def table(runs: list[dict], weights: int) -> str:
-    lines = ["| method | processes | load GiB | train GiB | save GiB | peak GiB | peak ÷ weights | ÷ 1-process peak |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| method | processes | load GiB | train GiB | save GiB | peak GiB | peak ÷ weights | ÷ 1-process peak "
+             "| estimate GiB | estimate ÷ train |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     one = {}
     for run in sorted((r for r in runs if "peak_gib" in r), key=lambda r: (r["method"], r["procs"])):
         peak = max(run["peak_gib"].values())
@@ -134,8 +144,10 @@ def table(runs: list[dict], weights: int) -> str:
         base = one.get(run["method"])
         ratio = f"{peak / base:.2f}" if base else ""
         p = run["peak_gib"]
+        estimate = run.get("estimate_gib")
+        versus = f"{estimate:.2f} | {estimate / p['train']:.2f}" if estimate else " | "
         lines.append(f"| {run['method']} | {run['procs']} | {p['load']:.2f} | {p['train']:.2f} | {p['save']:.2f} "
-                     f"| {peak:.2f} | {peak * GIB / weights:.2f}x | {ratio} |")
+                     f"| {peak:.2f} | {peak * GIB / weights:.2f}x | {ratio} | {versus} |")
     return "\n".join(lines)
 
 

@@ -198,4 +198,5 @@ def test_gpu_check_runs_end_to_end_in_its_quick_form(tmp_path):
     assert result["syncs"]["graph_breaks"] == 0
     (lora,) = result["training"]
     assert lora["tokens_per_second"] > 0 and 0 < lora["mfu"] < 1 and len(lora["losses"]) == 3
+    assert lora["estimate_gib"] > 0  # what build_run estimated before loading, beside the measured peak
     assert "| gpu-8b-lora |" in (tmp_path / "table.md").read_text()

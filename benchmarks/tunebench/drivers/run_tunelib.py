@@ -71,7 +71,9 @@ def config(job) -> dict:
                      lora_alpha=w.lora_alpha, lora_dropout=0.0, quantize_base=w.method == "qlora")
     cfg = {
         "output_dir": str(job.workdir / "out"), "checkpoint_dir": str(job.model_dir), "model": model,
-        "tokenizer": {"_component_": "tunelib.tokenizers.from_pretrained", "path": str(job.model_dir)},
+        # The packs are made already; max_seq_len only tells the memory estimate their length.
+        "tokenizer": {"_component_": "tunelib.tokenizers.from_pretrained", "path": str(job.model_dir),
+                      "max_seq_len": w.seq_len},
         "dataset": {"_component_": "tunebench.drivers.run_tunelib.packed_dataset", "path": str(job.data)},
         "seed": w.seed, "shuffle": False, "batch_size": w.batch_size, "epochs": 1,
         "max_steps_per_epoch": w.steps, "gradient_accumulation_steps": 1,
