@@ -19,16 +19,18 @@ from pathlib import Path
 from typing import Literal
 
 from tunelib.config.rules import device_problems, seed_problems
+from tunelib.config import instantiate
 from tunelib.config.schema import REQUIRED, setting
+from tunelib.config.torchtune_inference import TorchtuneInferenceKeys
 from tunelib.errors import ConfigError
 
 NAMES = ("eleuther_eval",)
-CONFIGS = ("eleuther_evaluation",)
+CONFIGS = ("eleuther_evaluation", "*/evaluation")
 DISTRIBUTED = False
 
 
 @dataclass(kw_only=True)
-class EvalSettings:
+class _EvalSettings:
     """Keys of an evaluation config (torchtune's names)."""
 
     checkpoint_dir: str = setting(REQUIRED, "The model folder (HF, a fine-tune's output, a quantized folder).")
@@ -55,6 +57,15 @@ class EvalSettings:
         return seed_problems(cfg) + device_problems(cfg)
 
 
+@dataclass(kw_only=True)
+class EvalSettings(TorchtuneInferenceKeys, _EvalSettings):
+    """Its own keys first, then torchtune's model, checkpointer and tokenizer nodes (docs/after_training.md)."""
+
+    @classmethod
+    def value_problems(cls, cfg: dict) -> list[str]:
+        return _EvalSettings.value_problems(cfg) + cls.torchtune_problems(cfg)
+
+
 SCHEMA = EvalSettings
 
 
@@ -65,11 +76,13 @@ def main(cfg) -> int:
     manager = harness.task_manager(tasks, cfg.include_path)  # unknown tasks stop here, before loading
 
     from tunelib.generation import load_model
+    from tunelib.generation.torchtune_form import honour_torchtune_keys
     from tunelib.tokenizers import from_pretrained
 
+    tokenizer = honour_torchtune_keys(cfg, instantiate)  # torchtune's nodes, if the config has them
     loaded = load_model(cfg.checkpoint_dir, adapter_dir=cfg.adapter_dir, dtype=cfg.dtype, device=cfg.device,
                         tokenizer_dir=cfg.tokenizer_dir)
-    tokenizer = from_pretrained(loaded.tokenizer_dir, chat_format=cfg.chat_format)
+    tokenizer = tokenizer or from_pretrained(loaded.tokenizer_dir, chat_format=cfg.chat_format)
     print(f"Evaluating {loaded.describe()} on {', '.join(tasks)}", flush=True)
     lm = harness.TunelibLM(loaded.model, tokenizer, batch_size=cfg.batch_size, max_seq_length=cfg.max_seq_length,
                            max_gen_toks=cfg.max_gen_toks)

@@ -16,7 +16,7 @@ from tunelib.training.settings import FullSettings
 from tunelib.training.setup import build_run, preflight
 
 NAMES = ("full_finetune_single_device", "full_finetune_distributed")
-CONFIGS = ("*_full",)
+CONFIGS = ("*_full", "*_full_single_device", "*_full_low_memory", "*_full_multinode", "*_full_tunelib")
 SCHEMA = FullSettings
 
 

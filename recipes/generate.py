@@ -17,10 +17,13 @@ from dataclasses import dataclass
 from typing import Literal
 
 from tunelib.config.rules import device_problems, seed_problems
+from tunelib.config import instantiate
 from tunelib.config.schema import REQUIRED, setting
+from tunelib.config.torchtune_inference import TorchtuneInferenceKeys
 from tunelib.errors import ConfigError
 from tunelib.generation import Generator, Sampling, load_model, seeded_rng, stream_reply
 from tunelib.generation.prompt import build_request, encode_request, from_torchtune
+from tunelib.generation.torchtune_form import honour_torchtune_keys
 from tunelib.tokenizers import from_pretrained
 
 NAMES = ("generate",)
@@ -29,7 +32,7 @@ DISTRIBUTED = False
 
 
 @dataclass(kw_only=True)
-class GenerateSettings:
+class _GenerateSettings:
     """Keys of a generation config."""
 
     checkpoint_dir: str = setting(REQUIRED, "The model folder (HF, a fine-tune's output, a quantized folder).")
@@ -55,6 +58,15 @@ class GenerateSettings:
         return seed_problems(cfg) + device_problems(cfg)
 
 
+@dataclass(kw_only=True)
+class GenerateSettings(TorchtuneInferenceKeys, _GenerateSettings):
+    """Its own keys first, then torchtune's model, checkpointer and tokenizer nodes (docs/after_training.md)."""
+
+    @classmethod
+    def value_problems(cls, cfg: dict) -> list[str]:
+        return _GenerateSettings.value_problems(cfg) + cls.torchtune_problems(cfg)
+
+
 SCHEMA = GenerateSettings
 
 
@@ -65,9 +77,10 @@ def main(cfg) -> int:
     text, system = from_torchtune(cfg.prompt, cfg.system)
     messages = [dict(m) for m in cfg.messages] if cfg.messages else None
     request = build_request(text, system, messages, chat=cfg.chat)
+    tokenizer = honour_torchtune_keys(cfg, instantiate)  # torchtune's nodes, if the config has them
     loaded = load_model(cfg.checkpoint_dir, adapter_dir=cfg.adapter_dir, dtype=cfg.dtype, device=cfg.device,
                         tokenizer_dir=cfg.tokenizer_dir)
-    tokenizer = from_pretrained(loaded.tokenizer_dir, chat_format=cfg.chat_format)
+    tokenizer = tokenizer or from_pretrained(loaded.tokenizer_dir, chat_format=cfg.chat_format)
     prompt = encode_request(tokenizer, request)
     device = next(loaded.model.parameters()).device
     rng, seed = seeded_rng(cfg.seed, device)

@@ -19,7 +19,8 @@ from tunelib.training.settings import LoRASettings
 from tunelib.training.setup import build_run, preflight
 
 NAMES = ("lora_finetune_single_device", "lora_finetune_distributed")
-CONFIGS = ("*_lora", "*_qlora", "*_dora", "*_qdora")
+CONFIGS = ("*_lora", "*_qlora", "*_dora", "*_qdora", "*_lora_single_device", "*_qlora_single_device",
+           "*_dora_single_device", "*_qdora_single_device", "*_lora_tunelib", "*_qlora_tunelib", "*_dora_tunelib")
 SCHEMA = LoRASettings
 
 

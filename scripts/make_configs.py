@@ -5,12 +5,20 @@
 
 One table of models and one template per method, so the configs cannot drift apart: every
 default not written here lives, documented, in the recipe's settings (tunelib/training/settings.py).
+
+Two kinds (docs/configs.md): every name torchtune has (`llama3_1/8B_lora_single_device`) carries
+torchtune's values, from the table scripts/torchtune_table.py wrote (scripts/torchtune_configs.py),
+with only components and paths changed to tunelib's; every other name is tunelib's own choice,
+and where torchtune took a name first, tunelib's own is that name + `_tunelib`.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
+import json
 import math
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -86,11 +94,10 @@ def gpus_needed(params: int, method: str) -> int:
     return 1 << max(0, math.ceil(math.log2(n)))
 
 
-def header(family: str, label: str, method: str, repo: str, folder: str, gpus: int) -> str:
+def header(name: str, method: str, repo: str, folder: str, gpus: int) -> str:
     recipe = RECIPES.get(method, "lora_finetune")
-    name = f"{family}/{label}_{method}"
     lines = [
-        f"# {repo.split('/')[1]}: {METHODS[method][1]}, on the Alpaca dataset.",
+        f"# {repo.split('/')[1]}: {METHODS[method][1]}, on the Alpaca dataset (tunelib's own choices).",
         "#",
         f"#   tune download {repo} --output-dir {folder} --ignore-patterns \"original/consolidated*\"",
     ]
@@ -146,7 +153,7 @@ def body(family: str, label: str, method: str, folder: str) -> str:
         f"  path: {path}",
         "  max_seq_len: 2048",
         "checkpointer:",
-        "  _component_: tunelib.checkpoint.HFCheckpointer",
+        "  _component_: tunelib.training.HFCheckpointer",
         "  checkpoint_dir: ${checkpoint_dir}",
         "  output_dir: ${output_dir}",
         "",
@@ -171,7 +178,7 @@ def body(family: str, label: str, method: str, folder: str) -> str:
 
 def configs() -> dict[Path, str]:
     """Every shipped config: path -> text."""
-    out = {}
+    out, taken = {}, torchtune_names()
     for family, fam in FAMILIES.items():
         for label, (size, repo) in fam.sizes.items():
             folder = f"/tmp/{repo.split('/')[1]}"
@@ -179,9 +186,142 @@ def configs() -> dict[Path, str]:
                 folder = f"/tmp/Meta-{repo.split('/')[1]}"  # torchtune's folder name, kept
             params = parameter_count(family, size)
             for method in METHODS:
-                text = header(family, label, method, repo, folder, gpus_needed(params, method))
-                out[ROOT / family / f"{label}_{method}.yaml"] = text + "\n" + body(family, label, method, folder)
-    return out
+                name = f"{family}/{label}_{method}"
+                name += TUNELIB_SUFFIX if name in taken else ""
+                text = header(name, method, repo, folder, gpus_needed(params, method))
+                out[ROOT / f"{name}.yaml"] = text + "\n" + body(family, label, method, folder)
+    return {**out, **torchtune_configs()}
+
+
+TUNELIB_SUFFIX = "_tunelib"
+# torchtune's optimizers without a twin in tunelib's dependencies: the same update, without
+# bitsandbytes' paging (tunelib's optimizer_in_bwd and activation offloading save the memory).
+OPTIMIZERS = {"bitsandbytes.optim.PagedAdamW": "torch.optim.AdamW",
+              "bitsandbytes.optim.PagedAdamW8bit": "torchao.optim.AdamW8bit"}
+FLOAT = re.compile(r"^-?[0-9.]+e-?[0-9]+$")
+# torchtune keys a tunelib recipe lacks because the value they hold is all it does: LoRA never
+# steps in backward, and an evaluation never resumes.
+IMPLIED = {("lora_finetune", "optimizer_in_bwd", False), ("eleuther_eval", "resume_from_checkpoint", False)}
+
+
+def written(recipe: str, key: str, value) -> bool:
+    """Whether tunelib's config needs torchtune's top-level `key: value` written out."""
+    short = recipe.removesuffix("_single_device").removesuffix("_distributed")
+    return not (value is False and (short, key, value) in IMPLIED)
+
+
+def torchtune_table() -> dict[str, dict]:
+    """torchtune's config names and values (scripts/torchtune_configs.py), by name."""
+    path = Path(__file__).resolve().parent / "torchtune_configs.py"
+    spec = importlib.util.spec_from_file_location("torchtune_configs", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.CONFIGS
+
+
+def torchtune_names() -> set[str]:
+    """Every torchtune config name, the ones tunelib cannot run yet included."""
+    names = json.loads((ROOT.parent / "data/torchtune_config_names.json").read_text())
+    return set(torchtune_table()) | set(names["not_yet"])
+
+
+def yaml_value(value) -> str:
+    """A value as torchtune wrote it, in YAML that OmegaConf reads back the same."""
+    if isinstance(value, bool) or value is None:
+        return {True: "true", False: "false", None: "null"}[value]
+    if isinstance(value, list):
+        return "[" + ", ".join(yaml_value(v) for v in value) + "]"
+    if isinstance(value, str) and not FLOAT.match(value):
+        return value if re.fullmatch(r"[A-Za-z_][\w.]*", value) else json.dumps(value)
+    return str(value)
+
+
+def tunelib_builder(entry: dict) -> tuple[str, list[str]]:
+    """tunelib's model builder for torchtune's, and the keys a `qlora_` builder implied."""
+    name, extra = entry["model"], []
+    if name.startswith("qlora_"):
+        extra.append("quantize_base: true")
+    name = re.sub(r"^q?lora_", "", name)
+    name = re.sub(r"_(instruct|base)$", "", name)
+    family = name.rsplit("_", 1)[0]
+    if family == "mistral" and "v0.1" in entry["checkpoint_dir"]:
+        name = "mistral_7b_v0_1"
+    if family not in FAMILIES:
+        return "tunelib.models.from_hf_config", extra  # code_llama2: Llama 2 layers, read from config.json
+    return f"tunelib.models.{family}.{name}", extra
+
+
+def translate(node: str, key: str, value):
+    """torchtune's value of `node.key` in tunelib's terms (components and module names)."""
+    if key == "_component_" and node == "optimizer":
+        return OPTIMIZERS.get(value, value)
+    if key == "_component_" and value.startswith("torchtune.datasets."):
+        return "tunelib.data." + value.rsplit(".", 1)[1]
+    if key == "_component_" and value.startswith("torchtune.training.lr_schedulers."):
+        return "tunelib.training." + value.rsplit(".", 1)[1]
+    if key == "lora_attn_modules":
+        return ["o_proj" if m == "output_proj" else m for m in value]
+    return value
+
+
+def node_lines(node: str, settings: dict, extra: list[str] = ()) -> list[str]:
+    """The YAML lines of one component node (`model`, `dataset`, ...) from torchtune's flat keys."""
+    keys = [k.split(".", 1)[1] for k in settings if k.startswith(node + ".")]
+    keys.sort(key=lambda k: k != "_component_")
+    out = [f"{node}:"]
+    component = str(translate(node, "_component_", settings[f"{node}._component_"]))
+    for key in keys:
+        value = translate(node, key, settings[f"{node}.{key}"])
+        if key == "fused" and not component.startswith("torch."):
+            continue  # torchao's optimizers take no `fused`
+        out.append(f"  {key}: {yaml_value(value)}")
+    return out + [f"  {line}" for line in extra]
+
+
+def hf_folder(entry: dict) -> str:
+    """The HF model folder: torchtune's Meta-format configs point into its `original/` subfolder."""
+    return entry["checkpoint_dir"].removesuffix("/original")
+
+
+def torchtune_header(name: str, entry: dict) -> str:
+    where = "torchtune's main branch" if entry["version"] == "main" else f"torchtune {entry['version']}"
+    folder, recipe = hf_folder(entry), entry["recipe"]
+    same = ("tasks and settings" if recipe == "eleuther_eval"
+            else "data, schedule, adapter settings, batch sizes and memory options")
+    lines = [f"# {name}: the config of this name in {where}, with tunelib's components",
+             f"# and the same {same} (docs/configs.md).", "#"]
+    if entry["download"]:
+        lines.append(f"#   tune download {entry['download']} --output-dir {folder}")
+    lines.append(f"#   tune run {recipe} --config {name}")
+    return "\n".join(lines) + "\n"
+
+
+def torchtune_body(entry: dict) -> str:
+    """One torchtune config in tunelib's native form."""
+    settings, folder = entry["settings"], hf_folder(entry)
+    top = [k for k in settings if "." not in k and written(entry["recipe"], k, settings[k])]
+    lines = [f"output_dir: {entry['output_dir'].replace('/tmp/torchtune/', '/tmp/tunelib/')}",
+             f"checkpoint_dir: {folder}", ""]
+    if entry["recipe"] == "eleuther_eval":  # lm-eval writes no output_dir: output_path says where, if anywhere
+        return "\n".join(lines[1:] + [f"{k}: {yaml_value(settings[k])}" for k in top]) + "\n"
+    builder, extra = tunelib_builder(entry)
+    rel = entry["tokenizer_path"].removeprefix(folder).strip("/")
+    tok_path = "${checkpoint_dir}" + (f"/{rel}" if rel.endswith(".model") else "")
+    lines += [*node_lines("model", {**settings, "model._component_": builder}, extra),
+              "tokenizer:", f"  _component_: tunelib.tokenizers.{entry['tokenizer']}", f"  path: {tok_path}",
+              f"  max_seq_len: {yaml_value(settings.get('tokenizer.max_seq_len'))}",
+              "checkpointer:", "  _component_: tunelib.training.HFCheckpointer",
+              "  checkpoint_dir: ${checkpoint_dir}", "  output_dir: ${output_dir}", ""]
+    for node in ("dataset", "dataset_val", "optimizer", "lr_scheduler"):
+        if f"{node}._component_" in settings:
+            lines += node_lines(node, settings)
+    return "\n".join(lines + ["", *(f"{k}: {yaml_value(settings[k])}" for k in top)]) + "\n"
+
+
+def torchtune_configs() -> dict[Path, str]:
+    """torchtune's configs under torchtune's names: path -> text."""
+    return {ROOT / f"{name}.yaml": torchtune_header(name, entry) + "\n" + torchtune_body(entry)
+            for name, entry in torchtune_table().items()}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -190,8 +330,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     wanted = configs()
     differ = [p for p, text in wanted.items() if not p.is_file() or p.read_text() != text]
-    stale = [p for family in FAMILIES for m in METHODS for p in (ROOT / family).glob(f"*_{m}.yaml")
-             if p not in wanted]  # only the generated families: demo/ is written by hand
+    folders = {p.parent for p in wanted}  # only the generated families: demo/ is written by hand
+    stale = [p for folder in sorted(folders) for p in folder.glob("*.yaml") if p not in wanted]
     if args.check:
         for path in differ:
             print(f"out of date: {path.relative_to(ROOT.parent.parent)}")

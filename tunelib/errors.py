@@ -53,8 +53,23 @@ def tell(error: UserError) -> int:
         if int(os.environ.get("RANK", 0)) == 0:
             print(error, flush=True)
     elif not _told_to_torchrun(error):
-        print(f"tune: error: {error}", file=sys.stderr)
+        print(f"{program()}: error: {as_typed(str(error))}", file=sys.stderr)
     return error.exit_code
+
+
+def program() -> str:
+    """The command's name as the user typed it: `tunelib` when run as the `tunelib` console
+    script, else `tune`. Both run the same CLI; `tunelib` exists because torchtune installs a
+    `tune` too (see `tunelib.cli.coexist`), and its messages should name the command that works."""
+    typed = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else ""
+    return "tunelib" if typed.split(".")[0] == "tunelib" else "tune"
+
+
+def as_typed(message: str) -> str:
+    """`message` with the commands it quotes (`tune ls`) named as the user typed this one:
+    run as `tunelib`, the `tune` on the PATH may be torchtune's, so `tune ls` would mislead."""
+    name = program()
+    return message if name == "tune" else message.replace("`tune ", f"`{name} ")
 
 
 def _told_to_torchrun(error: UserError) -> bool:

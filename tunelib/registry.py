@@ -8,7 +8,11 @@ plain literals read here without importing the file,
 
 Each `recipes/configs/<family>/<name>.yaml` is a config named `<family>/<name>`; it belongs to
 every recipe with a matching pattern. torchtune's `<name>_single_device` config names
-resolve to `<name>`.
+resolve to `<name>` when no file has the longer name.
+
+A shipped name torchtune also has carries torchtune's values (scripts/make_configs.py writes
+it from torchtune's file); a torchtune name whose recipe or model tunelib lacks is refused in
+one line that says so (recipes/data/torchtune_config_names.json lists both).
 """
 
 from __future__ import annotations
@@ -16,7 +20,9 @@ from __future__ import annotations
 import ast
 import difflib
 import fnmatch
+import functools
 import importlib.util
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -101,6 +107,9 @@ def find_recipe(name: str, root: Path | None = None) -> Recipe:
     for recipe in recipes:
         if recipe.name == name:
             return recipe
+    missing = not_yet(name, root)
+    if missing:
+        raise ConfigError(missing)
     raise ConfigError(f"unknown recipe '{name}'{_close(name, [r.name for r in recipes])}; `tune ls` lists them")
 
 
@@ -125,7 +134,54 @@ def find_config(name: str, root: Path | None = None) -> Path:
             return configs[stem[: -len(suffix)]]
     if path.suffix in (".yaml", ".yml"):
         raise ConfigError(f"config file not found: {name}")
+    missing = not_yet(stem, root)
+    if missing:
+        raise ConfigError(missing)
     raise ConfigError(f"unknown config '{name}'{_close(name, list(configs))}; `tune ls` lists them, or give a YAML path")
+
+
+# What a torchtune name needs that tunelib lacks, by the first pattern its name or recipe matches.
+_NEEDS = (
+    ("*vision*", "Llama 3.2 Vision models"),
+    ("llama4/*", "Llama 4 models"),
+    ("dev/*", "torchtune's experimental dev/ recipes"),
+    ("*dpo*", "DPO training"),
+    ("*ppo*", "PPO training"),
+    ("qat_*", "quantization-aware training (QAT)"),
+    ("knowledge_distillation_*", "knowledge distillation"),
+)
+
+
+def torchtune_names(root: Path | None = None) -> dict:
+    """recipes/data/torchtune_config_names.json: `not_yet` (name -> torchtune's recipe), `same_values`."""
+    return _read_names((root or recipes_dir()) / "data" / "torchtune_config_names.json")
+
+
+@functools.lru_cache(maxsize=4)
+def _read_names(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.is_file() else {"not_yet": {}, "same_values": {}}
+
+
+def not_yet(name: str, root: Path | None = None) -> str | None:
+    """One line saying why a torchtune config or recipe name does not run in tunelib, or None."""
+    lacking = torchtune_names(root)["not_yet"]
+    if name in lacking:
+        recipe = lacking[name]
+        what = next((w for p, w in _NEEDS if fnmatch.fnmatchcase(name, p) or fnmatch.fnmatchcase(recipe, p)),
+                    f"torchtune's {recipe} recipe")
+        return (f"'{name}' is torchtune's config for its {recipe} recipe, which needs {what}: tunelib does not "
+                f"have that yet; `tune ls` lists the configs tunelib runs")
+    if name in set(lacking.values()):
+        what = next((w for p, w in _NEEDS if fnmatch.fnmatchcase(name, p)), "it")
+        return (f"'{name}' is a torchtune recipe; tunelib does not have {what} yet; "
+                f"`tune ls` lists the recipes tunelib runs")
+    return None
+
+
+def torchtune_origin(name: str, root: Path | None = None) -> str | None:
+    """Where a shipped config's values come from ("torchtune 0.6.1", "torchtune main"); None: tunelib's own."""
+    version = torchtune_names(root)["same_values"].get(name)
+    return f"torchtune {version}" if version else None
 
 
 def config_name(path: Path, root: Path | None = None) -> str | None:

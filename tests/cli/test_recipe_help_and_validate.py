@@ -13,7 +13,7 @@ from tunelib.config.schema import schema_fields
 from tunelib.training.settings import AdapterSettings, FullSettings, LoRASettings
 
 REPO = Path(__file__).resolve().parents[2]
-LORA_YAML = REPO / "recipes/configs/llama3_2/1B_lora.yaml"
+LORA_YAML = REPO / "recipes/configs/llama3_2/1B_lora_tunelib.yaml"
 
 
 def _without_comments(path: Path, dest: Path) -> Path:
@@ -54,7 +54,7 @@ def test_a_users_lora_file_is_checked_as_lora_not_as_an_adapter_file(tune, tmp_p
     ("full_finetune_single_device", "the model config asks for adapters (lora_* or adapter keys)"),
 ])
 def test_validate_refuses_a_recipe_whose_run_would_refuse_the_file(tune, recipe, message):
-    code, out, err = tune("validate", "llama3_2/1B_lora", "--recipe", recipe)
+    code, out, err = tune("validate", "llama3_2/1B_lora_tunelib", "--recipe", recipe)
     assert code == 2 and "well-formed" not in out and message in err
 
 
@@ -63,7 +63,7 @@ def test_validate_refuses_a_recipe_whose_run_would_refuse_the_file(tune, recipe,
     ("model.lora_attn_modules=[q_proj,x_proj]", "lora_attn_modules: unknown module 'x_proj'"),
 ])
 def test_values_refused_when_built_are_refused_by_validate(tune, override, message):
-    code, out, err = tune("validate", "llama3_2/1B_lora", override)
+    code, out, err = tune("validate", "llama3_2/1B_lora_tunelib", override)
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1
 
 
@@ -73,7 +73,7 @@ def test_fold_adapter_v2_with_v1_is_a_config_problem(tune):
 
 
 def test_a_missing_model_folder_is_a_note_not_a_failure(tune):
-    code, out, _ = tune("validate", "llama3_2/1B_lora", "checkpoint_dir=/nonexistent/Llama-3.2-1B")
+    code, out, _ = tune("validate", "llama3_2/1B_lora_tunelib", "checkpoint_dir=/nonexistent/Llama-3.2-1B")
     assert code == 0 and "Note: checkpoint_dir /nonexistent/Llama-3.2-1B does not exist yet" in out
 
 

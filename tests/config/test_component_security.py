@@ -140,10 +140,10 @@ def test_the_reported_command_runs_nothing(tune, tmp_path, monkeypatch, verb):
     marker = tmp_path / "out.txt"
     args = ["loss._component_=torch.os.system", f"+loss.command=id > {marker}"]
     if verb == "run":
-        args = ["run", "lora_finetune_single_device", "--config", "llama3_2/1B_lora",
+        args = ["run", "lora_finetune_single_device", "--config", "llama3_2/1B_lora_tunelib",
                 f"output_dir={tmp_path / 'out'}", f"checkpoint_dir={tmp_path}", *args]
     else:
-        args = ["validate", "llama3_2/1B_lora", *args]
+        args = ["validate", "llama3_2/1B_lora_tunelib", *args]
     code, out, err = tune(*args)
     assert code == 2 and "loss._component_: 'torch.os.system'" in err, err
     assert not marker.exists() and not (tmp_path / "out").exists()
@@ -154,7 +154,7 @@ def test_a_shared_yaml_cannot_delete_a_folder(tune, tmp_path):
     victim.mkdir()
     (victim / "notes.txt").write_text("keep me")
     config = tmp_path / "shared.yaml"
-    config.write_text((REPO / "recipes/configs/llama3_2/1B_lora.yaml").read_text()
+    config.write_text((REPO / "recipes/configs/llama3_2/1B_lora_tunelib.yaml").read_text()
                       + f"\nloss:\n  _component_: tunelib.checkpoint.atomic.shutil.rmtree\n  path: {victim}\n")
     code, _, err = tune("validate", str(config))
     assert code == 2 and "is the module shutil" in err

@@ -13,7 +13,7 @@ from support.models import load_hf_model
 from support.recipes import finetune, tiny_model_folder, torchrun_finetune
 
 pytestmark = [pytest.mark.slow, pytest.mark.distributed]
-LORA = ("lora_finetune_distributed", "llama3_2/1B_lora")
+LORA = ("lora_finetune_distributed", "llama3_2/1B_lora_tunelib")
 FAST = ("lr_scheduler.num_warmup_steps=0", "optimizer.lr=3e-3")
 
 
@@ -57,9 +57,9 @@ def test_lora_on_two_processes_matches_one_and_resumes_exactly(tune, folder, tmp
 def test_full_finetune_on_two_processes_matches_one(tune, tmp_path):
     folder = tiny_model_folder(tmp_path / "m", "llama3_1")
     settings = ("optimizer._component_=torch.optim.AdamW", "optimizer.lr=1e-3")
-    one = finetune(tune, "full_finetune_single_device", "llama3_1/8B_full", folder, tmp_path / "one", *settings,
+    one = finetune(tune, "full_finetune_single_device", "llama3_1/8B_full_tunelib", folder, tmp_path / "one", *settings,
                    "batch_size=4", "optimizer_in_bwd=False")
-    two = torchrun_finetune(2, "full_finetune_distributed", "llama3_1/8B_full", folder, tmp_path / "two", *settings,
+    two = torchrun_finetune(2, "full_finetune_distributed", "llama3_1/8B_full_tunelib", folder, tmp_path / "two", *settings,
                             "batch_size=2", "optimizer_in_bwd=True")  # the shipped config's setting, sharded
     assert one.code == 0 and two.code == 0, two.err[-3000:]
     assert close(two.losses, one.losses), (one.losses, two.losses)
@@ -68,11 +68,11 @@ def test_full_finetune_on_two_processes_matches_one(tune, tmp_path):
 
     # The finished sharded run goes on from final/: its per-parameter optimizers' states come back.
     longer = [*settings, "lr_scheduler=null", "max_steps_per_epoch=6"]
-    one = finetune(tune, "full_finetune_single_device", "llama3_1/8B_full", folder, tmp_path / "one6", *longer,
+    one = finetune(tune, "full_finetune_single_device", "llama3_1/8B_full_tunelib", folder, tmp_path / "one6", *longer,
                    "batch_size=4", "optimizer_in_bwd=False")
-    shorter = torchrun_finetune(2, "full_finetune_distributed", "llama3_1/8B_full", folder, tmp_path / "two6",
+    shorter = torchrun_finetune(2, "full_finetune_distributed", "llama3_1/8B_full_tunelib", folder, tmp_path / "two6",
                                 *longer[:-1], "max_steps_per_epoch=4", "batch_size=2", "optimizer_in_bwd=True")
-    extended = torchrun_finetune(2, "full_finetune_distributed", "llama3_1/8B_full", folder, tmp_path / "two6",
+    extended = torchrun_finetune(2, "full_finetune_distributed", "llama3_1/8B_full_tunelib", folder, tmp_path / "two6",
                                  *longer, "batch_size=2", "optimizer_in_bwd=True", "resume_from_checkpoint=True")
     assert shorter.code == 0 and extended.code == 0, extended.err[-3000:]
     assert [m["step"] for m in extended.metrics] == [1, 2, 3, 4, 5, 6]

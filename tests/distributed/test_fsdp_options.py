@@ -16,7 +16,7 @@ from tunelib.errors import ConfigError
 from tunelib.training.distributed import mesh_shape
 
 REPO = Path(__file__).resolve().parents[2]
-CONFIG = "llama3_1/8B_full"
+CONFIG = "llama3_1/8B_full_tunelib"
 # Full fine-tuning, so every weight's gradient is reduced; two micro-batches per step.
 SETTINGS = ("optimizer._component_=torch.optim.AdamW", "optimizer.lr=1e-3", "optimizer_in_bwd=False",
             "gradient_accumulation_steps=2")

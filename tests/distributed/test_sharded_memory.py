@@ -19,7 +19,7 @@ from support.recipes import finetune, tiny_model_folder, torchrun_finetune, word
 
 REPO = Path(__file__).resolve().parents[2]
 RECIPE = REPO / "benchmarks/tunebench/memory_recipe.py"
-LORA = ("lora_finetune_distributed", "llama3_1/8B_lora")
+LORA = ("lora_finetune_distributed", "llama3_1/8B_lora_tunelib")
 ALL_LINEARS = ("model.lora_attn_modules=[q_proj,k_proj,v_proj,o_proj]", "model.apply_lora_to_mlp=True")
 MIB = 2**20
 
@@ -84,7 +84,7 @@ def test_one_device_keeps_no_mapping_of_the_weight_files(tune, tmp_path):
 @pytest.mark.parametrize("method", ["lora", "full"])
 def test_two_ranks_save_the_same_bytes_as_one_device(tmp_path, tune, method):
     folder = tiny_model_folder(tmp_path / "m", "llama3_1")
-    config = LORA[1] if method == "lora" else "llama3_1/8B_full"
+    config = LORA[1] if method == "lora" else "llama3_1/8B_full_tunelib"
     recipe = "lora_finetune" if method == "lora" else "full_finetune"
     # lr 0: the saved weights must be the base weights exactly, however they were gathered.
     settings = ("optimizer._component_=torch.optim.AdamW", "optimizer.lr=0.0", "lr_scheduler=null",
@@ -116,7 +116,7 @@ def test_a_bad_model_folder_under_torchrun_is_one_line_and_writes_nothing(tmp_pa
         index = {"weight_map": {k: f"model-0000{1 + i % 2}-of-00002.safetensors" for i, k in enumerate(weights)}}
         (folder / "model.safetensors.index.json").write_text(json.dumps(index))
         expected = "lists model-00002-of-00002.safetensors, which is not in"
-    result = torchrun_finetune(2, *LORA[:1], "llama3_2/1B_lora", folder, tmp_path / "out")
+    result = torchrun_finetune(2, *LORA[:1], "llama3_2/1B_lora_tunelib", folder, tmp_path / "out")
     assert result.code == 2
     lines = result.err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("tune: error: ") and expected in lines[0], result.err[-2000:]

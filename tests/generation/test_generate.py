@@ -128,10 +128,10 @@ def _reference_for(trained, which: str, ids: list[int], stop: list[int]):
         model = PeftModel.from_pretrained(load_hf_model(trained.base), str(getattr(trained, which) / "adapter")).eval()
         return greedy_reference(lambda x: model(x).logits, ids, STEPS, stop), model(torch.tensor([ids])).logits
     # LLaMA-Adapter has no PEFT format: tunelib's own model, without a KV cache.
-    import tunelib.models
+    import tunelib.checkpoint
     from tunelib.peft import load_llama_adapter
 
-    model = load_llama_adapter(tunelib.models.from_pretrained(trained.base, dtype=torch.float32),
+    model = load_llama_adapter(tunelib.checkpoint.from_pretrained(trained.base, dtype=torch.float32),
                                trained.adapter_v2).eval()
     return greedy_reference(model, ids, STEPS, stop), model(torch.tensor([ids]))
 

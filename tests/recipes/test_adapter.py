@@ -26,10 +26,10 @@ def folder(tmp_path_factory):
 
 def ours(folder, adapter_dir):
     """The base folder plus a saved LLaMA-Adapter, loaded by tunelib."""
-    import tunelib.models
+    import tunelib.checkpoint
     from tunelib.peft import load_llama_adapter
 
-    return load_llama_adapter(tunelib.models.from_pretrained(folder, dtype=torch.float32), adapter_dir).eval()
+    return load_llama_adapter(tunelib.checkpoint.from_pretrained(folder, dtype=torch.float32), adapter_dir).eval()
 
 
 def first_batch_loss(folder, data) -> float:
@@ -107,7 +107,7 @@ def test_bad_settings_stop_before_anything_is_written(tune, folder, tmp_path, ov
 
 
 def test_lora_recipe_refuses_an_adapter_config(tune, folder, tmp_path):
-    result = finetune(tune, "lora_finetune_single_device", "llama3_2/1B_lora", folder, tmp_path / "out",
+    result = finetune(tune, "lora_finetune_single_device", "llama3_2/1B_lora_tunelib", folder, tmp_path / "out",
                       "model.adapter=v1", "model.lora_attn_modules=null", "model.apply_lora_to_mlp=False")
     assert result.code == 2 and "run adapter_finetune_single_device" in result.err
 

@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 from support.models import load_hf_model
 from support.recipes import data_file, finetune, tiny_model_folder
 
-FULL = ("full_finetune_single_device", "llama3_1/8B_full")
+FULL = ("full_finetune_single_device", "llama3_1/8B_full_tunelib")
 ADAMW = ("optimizer._component_=torch.optim.AdamW", "optimizer_in_bwd=False", "optimizer.lr=1e-3")
 
 
@@ -20,7 +20,7 @@ def folder(tmp_path_factory):
 
 
 def test_full_finetune_writes_an_hf_folder_with_our_logits(tune, folder, tmp_path):
-    import tunelib.models
+    import tunelib.checkpoint
 
     result = finetune(tune, *FULL, folder, tmp_path / "out", *ADAMW)
     assert result.code == 0, result.err
@@ -29,7 +29,7 @@ def test_full_finetune_writes_an_hf_folder_with_our_logits(tune, folder, tmp_pat
     ids = torch.randint(0, 700, (2, 9), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         theirs = load_hf_model(final)(ids).logits
-        ours = tunelib.models.from_pretrained(final, dtype=torch.float32)(ids)
+        ours = tunelib.checkpoint.from_pretrained(final, dtype=torch.float32)(ids)
         base = load_hf_model(folder)(ids).logits
     torch.testing.assert_close(theirs, ours, atol=1e-5, rtol=1e-5)
     assert (theirs - base).abs().max() > 1e-3

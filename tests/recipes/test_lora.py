@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 from support.models import load_hf_model
 from support.recipes import finetune, tiny_model_folder
 
-LORA = ("lora_finetune_single_device", "llama3_2/1B_lora")
+LORA = ("lora_finetune_single_device", "llama3_2/1B_lora_tunelib")
 FAST = ("lr_scheduler.num_warmup_steps=0", "optimizer.lr=3e-3")
 
 
@@ -23,10 +23,10 @@ def folder(tmp_path_factory):
 
 def ours_with_adapter(folder, adapter_dir):
     """Our model: the base folder plus the saved adapter, through tunelib's own loading."""
-    import tunelib.models
+    import tunelib.checkpoint
     from tunelib.peft import load_peft_adapter
 
-    model = tunelib.models.from_pretrained(folder, dtype=torch.float32)
+    model = tunelib.checkpoint.from_pretrained(folder, dtype=torch.float32)
     return load_peft_adapter(model, adapter_dir).eval()
 
 
@@ -144,7 +144,7 @@ def test_recipe_file_runs_as_a_script(folder, tmp_path):
 
     repo = Path(__file__).resolve().parents[2]
     data = data_file(tmp_path)
-    cmd = [sys.executable, str(repo / "recipes/lora_finetune.py"), "--config", "llama3_2/1B_lora",
+    cmd = [sys.executable, str(repo / "recipes/lora_finetune.py"), "--config", "llama3_2/1B_lora_tunelib",
            f"checkpoint_dir={folder}", f"output_dir={tmp_path / 'out'}", "model._component_=tunelib.models.from_hf_config",
            "tokenizer._component_=tunelib.tokenizers.from_pretrained", "dataset.source=json",
            f"dataset.data_files={data}", "dtype=fp32", "device=cpu", "max_steps_per_epoch=2"]

@@ -17,10 +17,10 @@ from safetensors.torch import load_file
 from support.models import load_hf_model
 from support.recipes import finetune, tiny_model_folder, words
 
-LORA = ("lora_finetune_single_device", "llama3_2/1B_lora")
+LORA = ("lora_finetune_single_device", "llama3_2/1B_lora_tunelib")
 DORA = ("lora_finetune_single_device", "llama3_2/1B_dora")
 V2 = ("adapter_finetune_single_device", "llama3_2/1B_adapter_v2")
-FULL = ("full_finetune_single_device", "llama3_2/1B_full")
+FULL = ("full_finetune_single_device", "llama3_2/1B_full_tunelib")
 SMALL_LR = ("lr_scheduler.num_warmup_steps=0", "optimizer.lr=1e-4", "max_steps_per_epoch=2")
 BF16 = "dtype=bf16"
 IDS = torch.randint(0, 700, (2, 12), generator=torch.Generator().manual_seed(0))
@@ -68,7 +68,7 @@ def test_bf16_lora_keeps_fp32_adapters_whose_updates_bf16_ones_round_away(tune, 
 def test_peft_loads_the_fp32_adapter_of_a_bf16_run_with_our_logits(tune, folder, tmp_path):
     from peft import PeftModel
 
-    import tunelib.models
+    import tunelib.checkpoint
     from tunelib.peft import load_peft_adapter, store_trained_in
 
     run = finetune(tune, *LORA, folder, tmp_path / "out", BF16, "lr_scheduler.num_warmup_steps=0", "optimizer.lr=3e-3")
@@ -76,7 +76,7 @@ def test_peft_loads_the_fp32_adapter_of_a_bf16_run_with_our_logits(tune, folder,
     adapter = run.output_dir / "final/adapter"
 
     def ours(dtype):
-        model = load_peft_adapter(tunelib.models.from_pretrained(folder, dtype=dtype), adapter)
+        model = load_peft_adapter(tunelib.checkpoint.from_pretrained(folder, dtype=dtype), adapter)
         store_trained_in(model, torch.float32)  # as the run kept them (a no-op in fp32)
         return load_peft_adapter(model, adapter).eval()  # the file's fp32 values, unrounded
 
@@ -89,7 +89,7 @@ def test_peft_loads_the_fp32_adapter_of_a_bf16_run_with_our_logits(tune, folder,
         peft_bf16 = PeftModel.from_pretrained(load_hf_model(folder).to(torch.bfloat16), str(adapter)).eval()
         assert {p.dtype for n, p in peft_bf16.named_parameters() if "lora_" in n} == {torch.float32}
         theirs, mine = peft_bf16(IDS).logits.float(), ours(torch.bfloat16)(IDS).float()
-        base = tunelib.models.from_pretrained(folder, dtype=torch.bfloat16)(IDS).float()
+        base = tunelib.checkpoint.from_pretrained(folder, dtype=torch.bfloat16)(IDS).float()
         bases = (load_hf_model(folder).to(torch.bfloat16)(IDS).logits.float() - base).abs().max()
     assert (mine - base).abs().max() > 10 * bases
     assert (theirs - mine).abs().max() <= 2 * bases

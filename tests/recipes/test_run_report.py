@@ -22,7 +22,7 @@ from support.recipes import ROWS, finetune, tiny_model_folder
 from tunelib.training.report import final_message, next_commands
 
 REPO = Path(__file__).resolve().parents[2]
-LORA = ("lora_finetune_single_device", "llama3_2/1B_lora")
+LORA = ("lora_finetune_single_device", "llama3_2/1B_lora_tunelib")
 
 
 def _env() -> dict:
@@ -128,7 +128,7 @@ def test_filter_fn_from_a_config(tune, tmp_path, allow_support, given):
 
 
 def test_a_filter_fn_outside_the_allow_list_is_refused(tune):
-    code, _, err = tune("validate", "llama3_2/1B_lora", "+dataset.filter_fn=os.path.exists")
+    code, _, err = tune("validate", "llama3_2/1B_lora_tunelib", "+dataset.filter_fn=os.path.exists")
     assert code == 2 and "dataset.filter_fn: 'os.path.exists' is not in an allowed module" in err
 
 
@@ -140,7 +140,7 @@ def test_cpu_threads_sets_torchs_threads(tune, tmp_path):
         assert result.code == 0 and torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
-    code, _, err = tune("validate", "llama3_2/1B_lora", "cpu_threads=0")
+    code, _, err = tune("validate", "llama3_2/1B_lora_tunelib", "cpu_threads=0")
     assert code == 2 and "cpu_threads=0; it must be 1 or more, or null" in err
 
 

@@ -9,7 +9,7 @@ import pytest
 
 from support.recipes import finetune, tiny_model_folder
 
-LORA = ("lora_finetune_single_device", "llama3_2/1B_lora")
+LORA = ("lora_finetune_single_device", "llama3_2/1B_lora_tunelib")
 FAST = ("lr_scheduler.num_warmup_steps=0", "optimizer.lr=3e-3")
 
 

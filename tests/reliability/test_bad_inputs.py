@@ -31,8 +31,8 @@ import pytest
 from support.data import write_rows
 from support.recipes import ROWS, tiny_model_folder, words
 
-LORA = ("lora_finetune_single_device", "llama3_2/1B_lora")
-FULL = ("full_finetune_single_device", "llama3_2/1B_full")
+LORA = ("lora_finetune_single_device", "llama3_2/1B_lora_tunelib")
+FULL = ("full_finetune_single_device", "llama3_2/1B_full_tunelib")
 SENTINEL = "user_notes.txt"
 # The finished run's settings; a resume that changed one would print a warning line as well.
 RUN = ("save_every_n_steps=2", "max_steps_per_epoch=6")
@@ -273,13 +273,13 @@ def _chat_rows() -> list[str]:
 def _write_config(env: Env, extra: str) -> Path:
     """The shipped LoRA config as a user's own file, with `extra` appended."""
     path = env.tmp / "my_config.yaml"
-    path.write_text((REPO / "recipes/configs/llama3_2/1B_lora.yaml").read_text() + extra)
+    path.write_text((REPO / "recipes/configs/llama3_2/1B_lora_tunelib.yaml").read_text() + extra)
     return path
 
 
 def _full_disk(monkeypatch: pytest.MonkeyPatch, env: Env) -> None:
     """The first step_N save writes part of its weights, then the disk is full."""
-    from tunelib.checkpoint import checkpointer
+    from tunelib.training import checkpointer
 
     write = checkpointer.HFCheckpointer._write_model
 

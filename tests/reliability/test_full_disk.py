@@ -12,8 +12,8 @@ import pytest
 from support.disk import fill, small_disk
 from support.recipes import data_file, finetune, tiny_model_folder
 
-LORA = ("lora_finetune_single_device", "llama3_2/1B_lora")
-FULL = ("full_finetune_single_device", "llama3_2/1B_full")
+LORA = ("lora_finetune_single_device", "llama3_2/1B_lora_tunelib")
+FULL = ("full_finetune_single_device", "llama3_2/1B_full_tunelib")
 # 6 steps, a checkpoint every 2; the disk fills after step_2, so the save of step 4 meets ENOSPC.
 STEPS = ("max_steps_per_epoch=6", "save_every_n_steps=2", "log_every_n_steps=1")
 

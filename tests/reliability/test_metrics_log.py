@@ -16,7 +16,7 @@ import pytest
 
 from support.recipes import data_file, finetune, tiny_model_folder, words
 
-LORA = ("lora_finetune_single_device", "llama3_2/1B_lora")
+LORA = ("lora_finetune_single_device", "llama3_2/1B_lora_tunelib")
 FAST = ("lr_scheduler.num_warmup_steps=0", "optimizer.lr=3e-3", "log_every_n_steps=1")
 
 

@@ -98,7 +98,7 @@ def test_eval_of_a_hub_task_without_network_fails_at_once_with_one_line(tmp_path
 
 def _config_with_data_files(tmp_path: Path, count: int) -> Path:
     """The shipped LoRA config reading `count` data files, listed one a line as a user writes them."""
-    text = (REPO / "recipes/configs/llama3_2/1B_lora.yaml").read_text()
+    text = (REPO / "recipes/configs/llama3_2/1B_lora_tunelib.yaml").read_text()
     anchor = "  packed: false\n"
     assert anchor in text
     files = "".join(f"    - {tmp_path}/shards/part-{i:05d}.jsonl\n" for i in range(count))

@@ -18,7 +18,7 @@ import pytest
 from support.recipes import data_file, finetune, tiny_model_folder, words
 from tunelib.checkpoint.lock import LOCK_NAME, OutputDirLock
 
-LORA = ("lora_finetune_single_device", "llama3_2/1B_lora")
+LORA = ("lora_finetune_single_device", "llama3_2/1B_lora_tunelib")
 FAST = ("lr_scheduler.num_warmup_steps=0", "optimizer.lr=3e-3", "max_steps_per_epoch=4", "save_every_n_steps=2")
 REPO = Path(__file__).resolve().parents[2]
 

@@ -23,7 +23,7 @@ from safetensors.torch import load_file
 from support.recipes import ROWS, Result, data_file, finetune, tiny_model_folder, words
 from tunelib.checkpoint import atomic
 
-LORA = ("lora_finetune_single_device", "llama3_2/1B_lora")
+LORA = ("lora_finetune_single_device", "llama3_2/1B_lora_tunelib")
 # Dropout draws random numbers every step and accumulation spreads a step over two batches: a
 # resume that lost the random state or the position in the data would show in the losses.
 # 32 rows, 2 per batch, 2 batches per step: 8 steps an epoch, cut to 4 so that 2 epochs make 8.
@@ -283,7 +283,7 @@ def test_a_named_resume_moves_the_abandoned_branch_aside_and_never_continues_it(
 # A schedule that does not depend on the run's length: 4 steps, then 4 more, follow the same
 # curve as 8 in one go (a cosine over 4 steps is another curve than one over 8).
 CONSTANT = ("lr_scheduler._component_=tunelib.training.get_constant_schedule_with_warmup",)
-FULL = ("full_finetune_single_device", "llama3_2/1B_full")
+FULL = ("full_finetune_single_device", "llama3_2/1B_full_tunelib")
 FULL_SETTINGS = ("optimizer._component_=torch.optim.AdamW", "optimizer_in_bwd=False", "optimizer.lr=1e-3",
                  "gradient_accumulation_steps=2", "save_every_n_steps=2", "seed=3")
 

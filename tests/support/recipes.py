@@ -1,7 +1,7 @@
 """Run the real `tune run` on a tiny model folder, the way a user points a shipped config at it.
 
     folder = tiny_model_folder(tmp_path, "llama3_2")           # weights + tokenizer, one folder
-    result = finetune(tune, "lora_finetune_single_device", "llama3_2/1B_lora", folder, tmp_path / "out")
+    result = finetune(tune, "lora_finetune_single_device", "llama3_2/1B_lora_tunelib", folder, tmp_path / "out")
     result.losses                                              # from output_dir/metrics.jsonl
 
 The overrides swap in `tunelib.models.from_hf_config` and the folder's tokenizer, as issue 3

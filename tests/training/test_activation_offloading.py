@@ -124,7 +124,7 @@ def test_compiled_layers_give_the_same_loss_and_gradients():
     assert mover.received and mover.restored == len(mover.received)
 
 
-LORA = ("lora_finetune_single_device", "llama3_2/1B_lora")
+LORA = ("lora_finetune_single_device", "llama3_2/1B_lora_tunelib")
 FAST = ("lr_scheduler.num_warmup_steps=0", "optimizer.lr=3e-3", "enable_activation_checkpointing=True")
 
 

@@ -8,7 +8,7 @@ import tunelib.data.loader
 from support.recipes import finetune, tiny_model_folder, words
 from tunelib.models import flex
 
-LORA = ("lora_finetune_single_device", "llama3_2/1B_lora")
+LORA = ("lora_finetune_single_device", "llama3_2/1B_lora_tunelib")
 FAST = ("lr_scheduler.num_warmup_steps=0", "optimizer.lr=3e-3", "max_steps_per_epoch=3")
 
 

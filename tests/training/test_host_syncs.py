@@ -17,11 +17,11 @@ import torch
 
 from support.recipes import finetune, tiny_model_folder, torchrun_finetune
 from support.syncs import DeviceReads, probe_training
-from tunelib.models import from_pretrained
+from tunelib.checkpoint import from_pretrained
 from tunelib.training.loss import LinearCrossEntropyLoss
 
-RECIPES = {"lora": ("lora_finetune_single_device", "llama3_2/1B_lora"),
-           "full": ("full_finetune_single_device", "llama3_2/1B_full")}
+RECIPES = {"lora": ("lora_finetune_single_device", "llama3_2/1B_lora_tunelib"),
+           "full": ("full_finetune_single_device", "llama3_2/1B_full_tunelib")}
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +76,7 @@ def test_two_all_reduces_per_step_under_torchrun(folder, tmp_path, monkeypatch):
     monkeypatch.setenv("TUNELIB_ALLOW_MODULES", "support")
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(Path(__file__).parents[1]), os.environ.get("PYTHONPATH", "")]))
     record = tmp_path / "record"
-    result = torchrun_finetune(2, "lora_finetune_distributed", "llama3_2/1B_lora", folder, tmp_path / "out",
+    result = torchrun_finetune(2, "lora_finetune_distributed", "llama3_2/1B_lora_tunelib", folder, tmp_path / "out",
                                "log_every_n_steps=100", "max_steps_per_epoch=4",
                                f"loss={{_component_: support.syncs.ReductionCountingLoss, record_dir: {record}}}")
     assert result.code == 0, result.err[-3000:]

@@ -13,13 +13,13 @@ import torch
 
 from support.models import make_hf_model_folder
 from support.recipes import finetune, tiny_model_folder, words
-from tunelib.checkpoint import HFCheckpointer
-from tunelib.models import from_pretrained
+from tunelib.checkpoint import from_pretrained
+from tunelib.training import HFCheckpointer
 from tunelib.training import memory, transforms
 from tunelib.training.loss import LinearCrossEntropyLoss
 from tunelib.training.runtime import cuda_allocator_env
 
-LORA = ("lora_finetune_single_device", "llama3_2/1B_lora")
+LORA = ("lora_finetune_single_device", "llama3_2/1B_lora_tunelib")
 FAST = ("lr_scheduler.num_warmup_steps=0", "optimizer.lr=3e-3")
 # Dropout draws random numbers every step and accumulation spreads a step over two batches; 3
 # steps an epoch, so the resume below crosses into the second epoch.

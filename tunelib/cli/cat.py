@@ -9,8 +9,9 @@ from tunelib.config import allow_module
 from tunelib.config.loading import load_yaml
 from tunelib.config.overrides import apply_overrides, parse_overrides
 from tunelib.config.parse import resolve
+from tunelib.errors import program
 
-USAGE = "tune cat CONFIG [OVERRIDES...] [--recipe RECIPE] [--allow-module MODULE]"
+USAGE = "cat CONFIG [OVERRIDES...] [--recipe RECIPE] [--allow-module MODULE]"
 
 
 def add_parser(sub) -> None:
@@ -23,7 +24,7 @@ def run_words(words: list[str]) -> int:
     from omegaconf import OmegaConf
 
     if not words or words[0] in ("-h", "--help"):
-        print(f"usage: {USAGE}\n\n{__doc__.strip()}")
+        print(f"usage: {program()} {USAGE}\n\n{__doc__.strip()}")
         return 0
     options, words = take_options(words, ("recipe", "allow-module"))
     for module in options["allow-module"]:

@@ -92,7 +92,7 @@ class Chat:
 
     def answer(self, line: str) -> None:
         """Generate the assistant's answer to `line`, streaming it, and add both to the history."""
-        from tunelib.errors import UserError
+        from tunelib.errors import UserError, program
         from tunelib.generation import stream_reply
 
         self.turns.append({"role": "user", "content": line})
@@ -100,7 +100,7 @@ class Chat:
             prompt = self._fitting_prompt()
         except UserError as e:
             self.turns.pop()
-            print(f"tune: error: {e}", file=sys.stderr, flush=True)
+            print(f"{program()}: error: {e}", file=sys.stderr, flush=True)
             return
         reply = stream_reply(self.generator, self.tokenizer, prompt, max_new_tokens=self.max_new_tokens,
                              sampling=self.sampling, rng=self.rng, write=_write)

@@ -46,6 +46,9 @@ def _source(name: str) -> Path:
     for candidate in (stem, stem.removesuffix("_single_device")):
         if candidate in configs:
             return configs[candidate]
+    missing = registry.not_yet(stem)
+    if missing:
+        raise UserError(missing)
     names = [r.name for r in registry.all_recipes()] + list(configs)
     import difflib
 

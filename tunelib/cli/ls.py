@@ -5,6 +5,7 @@ from __future__ import annotations
 from tunelib import registry
 
 WIDTH = 40
+LEGEND = "docs/configs.md"
 
 
 def add_parser(sub) -> None:
@@ -28,7 +29,14 @@ def run(args) -> int:
         print(f"No recipe or config matches '{text}'." if text else "No recipes are installed.")
         return 0
     print(f"{'RECIPE':<{WIDTH}} CONFIG")
+    marked = False
     for name, configs in rows:
         for i, config in enumerate(configs):
-            print(f"{name if i == 0 else '':<{WIDTH}} {config}")
+            origin = registry.torchtune_origin(config)
+            marked = marked or bool(origin)
+            mark = f"{'':<{max(1, WIDTH - len(config))}}({origin})" if origin else ""
+            print(f"{name if i == 0 else '':<{WIDTH}} {config}{mark}")
+    if marked:
+        print(f"\n(torchtune ...): torchtune's name and torchtune's values (data, lr, schedule, LoRA, batch, "
+              f"memory options); unmarked configs are tunelib's own choices ({LEGEND}).")
     return 0

@@ -9,8 +9,15 @@
     tune preview CONFIG [OVERRIDES]       the first training samples, trained tokens marked
     tune chat CHECKPOINT_DIR [--adapter DIR]       talk with a model in the terminal
     tune merge_lora --adapter DIR --output-dir DIR  a LoRA/DoRA adapter merged into its base
+    tune migrate FILE [-o OUT]           a torchtune config rewritten in tunelib's form
+    tune sweep RECIPE --config CONFIG --grid KEY=V1,V2 [OVERRIDES]  one run per point of a grid
+    tune compare DIR...                  runs side by side: table, loss curves, HTML, JSON
+    tune estimate RECIPE --config CONFIG [OVERRIDES]  peak memory per device and time per step, nothing loaded
 
 Bad input prints one line, `tune: error: ...`, and exits with code 2.
+
+The same CLI is installed as `tunelib` too, which then names itself so (torchtune's package
+also installs a `tune`; `tunelib --version` says whose `tune` the PATH runs).
 """
 
 from __future__ import annotations
@@ -20,7 +27,8 @@ import importlib
 import os
 import sys
 
-from tunelib.errors import UserError, tell
+from tunelib.cli import coexist
+from tunelib.errors import UserError, program, tell
 
 # Verb -> module; each module has add_parser(subparsers) and run(args).
 VERBS = {
@@ -33,18 +41,26 @@ VERBS = {
     "preview": "tunelib.cli.preview",
     "chat": "tunelib.cli.chat",
     "merge_lora": "tunelib.cli.merge_lora",
+    "migrate": "tunelib.cli.migrate",
+    "sweep": "tunelib.cli.sweep",
+    "compare": "tunelib.cli.compare",
+    "estimate": "tunelib.cli.estimate",
 }
 
-WORD_VERBS = ("run", "validate", "cat", "preview")
+WORD_VERBS = ("run", "validate", "cat", "preview", "sweep", "estimate")
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every verb (cheap: no verb imports torch to build it)."""
+    name = program()
     parser = argparse.ArgumentParser(
-        prog="tune",
+        prog=name,
         description="Fine-tune large language models from YAML recipes.",
-        epilog="Run `tune VERB --help` for a verb's options. Docs: docs/cli.md",
+        epilog=_epilog(name),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--version", action="store_true",
+                        help="print tunelib's version, and whether the `tune` on your PATH is tunelib's")
     sub = parser.add_subparsers(dest="verb", metavar="VERB")
     for module in VERBS.values():
         importlib.import_module(module).add_parser(sub)
@@ -74,10 +90,21 @@ def _run(argv: list[str]) -> int:
         return importlib.import_module(VERBS[argv[0]]).run_words(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.version:
+        print(coexist.version_text())
+        return 0
     if args.verb is None:
         parser.print_help()
         return 0
     return args.func(args) or 0
+
+
+def _epilog(name: str) -> str:
+    """The end of `tune --help`; run as `tunelib`, it also says when `tune` is not tunelib's."""
+    text = f"Run `{name} VERB --help` for a verb's options. Docs: docs/cli.md"
+    # Who types `tunelib` may have met torchtune's `tune`: say so where they look first.
+    note = coexist.tune_on_path_note() if name == "tunelib" else None
+    return f"{text}\n\nnote: {note}" if note else text
 
 
 def _reader_went_away() -> int:

@@ -13,9 +13,9 @@ from tunelib import registry
 from tunelib.cli import recipe_modules
 from tunelib.cli.words import config_and_overrides, take_options
 from tunelib.config import allow_module, build_config, instantiate
-from tunelib.errors import UserError
+from tunelib.errors import UserError, program
 
-USAGE = "tune preview CONFIG [OVERRIDES...] [--num-samples N] [--recipe RECIPE] [--allow-module MODULE]"
+USAGE = "preview CONFIG [OVERRIDES...] [--num-samples N] [--recipe RECIPE] [--allow-module MODULE]"
 
 
 def add_parser(sub) -> None:
@@ -26,7 +26,7 @@ def add_parser(sub) -> None:
 def run_words(words: list[str]) -> int:
     """Run `tune preview` with the words after `preview`; return the exit code."""
     if not words or words[0] in ("-h", "--help"):
-        print(f"usage: {USAGE}\n\n{__doc__.strip()}")
+        print(f"usage: {program()} {USAGE}\n\n{__doc__.strip()}")
         return 0
     options, words = take_options(words, ("num-samples", "recipe", "allow-module"))
     for module in options["allow-module"]:

@@ -26,7 +26,7 @@ from tunelib.config import allow_module, build_config, split_config_arg
 from tunelib.config.components import set_recipe_namespace
 from tunelib.config.parse import run_main
 from tunelib.config.schema import describe
-from tunelib.errors import ConfigError
+from tunelib.errors import ConfigError, as_typed, program
 
 
 def add_parser(sub) -> None:
@@ -60,7 +60,7 @@ def run_words(words: list[str]) -> int:
 def recipe_help(name: str, module) -> str:
     """`tune run RECIPE --help`: what the recipe does and every setting of its schema."""
     _, schema = recipe_modules.main_and_schema(module)
-    lines = [f"usage: tune run {name} --config CONFIG [OVERRIDES]", "", (module.__doc__ or "").strip()]
+    lines = [f"usage: {program()} run {name} --config CONFIG [OVERRIDES]", "", (module.__doc__ or "").strip()]
     if schema is None:
         return "\n".join(lines + ["", "This recipe declares no settings schema; its config is not checked key by key."])
     lines += ["", "Settings (top-level config keys; override with key=value):"]
@@ -80,7 +80,7 @@ def _run_distributed(words: list[str]) -> int:
     from tunelib.checkpoint.lock import check_free
 
     parser = get_args_parser()
-    parser.prog = "tune run"
+    parser.prog = f"{program()} run"
     args = parser.parse_args(words)
     recipe = registry.find_recipe(args.training_script) if not args.training_script.endswith(".py") else None
     if recipe is not None and not recipe.distributed:
@@ -118,7 +118,7 @@ def _torchrun(args) -> int:
         run(args)
     except SignalException as e:
         # torchrun passed SIGTERM/SIGINT on to the ranks, which saved and stopped.
-        print(f"tune: stopped by {e.sigval.name}; the ranks saved a checkpoint to resume from", file=sys.stderr)
+        print(f"{program()}: stopped by {e.sigval.name}; the ranks saved a checkpoint to resume from", file=sys.stderr)
         return 128 + int(e.sigval)
     except ChildFailedError as e:
         # The first rank to exit with an error is the cause; the others were stopped because of it
@@ -126,9 +126,9 @@ def _torchrun(args) -> int:
         failed = {r: f for r, f in e.failures.items() if f.exitcode > 0} or e.failures
         rank, failure = min(failed.items(), key=lambda item: (item[1].timestamp, item[0]))
         if failure.error_file_data.get("message"):  # a one-line error the rank left for us (tunelib.errors.tell)
-            print(f"tune: error: {failure.message}", file=sys.stderr)
+            print(f"{program()}: error: {as_typed(failure.message)}", file=sys.stderr)
         else:
-            print(f"tune: error: rank {rank} failed with exit code {failure.exitcode}"
+            print(f"{program()}: error: rank {rank} failed with exit code {failure.exitcode}"
                   f" (see its output above)", file=sys.stderr)
         return failure.exitcode if failure.exitcode > 0 else 1
     return 0

@@ -21,9 +21,9 @@ from tunelib import registry
 from tunelib.cli import recipe_modules
 from tunelib.cli.words import config_and_overrides, take_options
 from tunelib.config import allow_module, build_config
-from tunelib.errors import ConfigError
+from tunelib.errors import ConfigError, program
 
-USAGE = "tune validate CONFIG [OVERRIDES...] [--recipe RECIPE] [--allow-module MODULE]"
+USAGE = "validate CONFIG [OVERRIDES...] [--recipe RECIPE] [--allow-module MODULE]"
 _NAMED_IN_COMMENT = re.compile(r"^\s*#.*\btune run (?:--\S+ \S+ )*([a-z0-9_]+)\b", re.MULTILINE)
 
 
@@ -35,7 +35,7 @@ def add_parser(sub) -> None:
 def run_words(words: list[str]) -> int:
     """Run `tune validate` with the words after `validate`; return the exit code."""
     if not words or words[0] in ("-h", "--help"):
-        print(f"usage: {USAGE}\n\n{__doc__.strip()}")
+        print(f"usage: {program()} {USAGE}\n\n{__doc__.strip()}")
         return 0
     options, words = take_options(words, ("recipe", "allow-module"))
     for module in options["allow-module"]:

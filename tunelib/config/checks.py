@@ -12,7 +12,7 @@ import difflib
 import inspect
 from typing import Any
 
-from tunelib.config import components
+from tunelib.config import components, torchtune_names
 from tunelib.config.schema import FieldInfo, schema_fields
 from tunelib.config.types import type_error
 from tunelib.errors import ConfigError
@@ -78,6 +78,7 @@ def check_component(node: dict, where: str, provided: tuple[str, ...]) -> list[s
     positional parameter (a dataset's tokenizer), any other string for a keyword.
     """
     try:
+        node = torchtune_names.translate_node(node, where)
         target = components.resolve(node["_component_"], f"{where}._component_")
     except ConfigError as e:
         return [str(e)]
@@ -152,7 +153,7 @@ def component_params(node: Any) -> tuple[dict[str, Any], bool] | None:
     if not isinstance(node, dict) or not isinstance(node.get("_component_"), str):
         return None
     try:
-        target = components.resolve(node["_component_"])
+        target = components.resolve(torchtune_names.translate_node(node)["_component_"])
     except ConfigError:
         return None
     sig = components.signature(target)

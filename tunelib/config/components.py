@@ -16,6 +16,9 @@ be allowed too (a name re-exported into an allowed module from elsewhere is refu
 
 The working directory is never added to `sys.path`; a module of your own must be importable
 (e.g. `PYTHONPATH=.`).
+
+A torchtune path (`torchtune.models.llama3_1.qlora_llama3_1_8b`) is first translated through
+`torchtune_names` into the tunelib path it stands for, and that path is what these rules judge.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import types
 import typing
 from typing import Any, Callable
 
+from tunelib.config import torchtune_names
 from tunelib.errors import ConfigError
 
 ALLOW_ENV = "TUNELIB_ALLOW_MODULES"
@@ -83,24 +87,29 @@ def resolve(path: str, where: str = "_component_") -> Callable:
         raise ConfigError(f"{where}: _component_ must be a dotted path such as tunelib.models.from_hf_config")
     if "." not in path:
         return _from_recipe(path, where)
+    if torchtune_names.is_torchtune(path):  # checked below as the tunelib path it stands for
+        path = torchtune_names.equivalent(path, where).path
     if any(part.startswith("_") for part in path.split(".")):
         raise ConfigError(f"{where}: '{path}' names a private object; use a public name")
-    _check_module(path, path, where)
+    also = torchtune_names.trusted_module(path)
+    _check_module(path, path, where, also=also)
     target = _import(path, where)
     _check_kind(target, path, where)
     home = _defining_module(target)
     if home is None:
         raise ConfigError(f"{where}: '{path}' is refused: Python cannot tell which module defines it")
-    _check_module(home, path, where, defined_in=home)
+    _check_module(home, path, where, defined_in=home, also=also)
     return target
 
 
-def _check_module(module_path: str, path: str, where: str, defined_in: str | None = None) -> None:
-    """Refuse `module_path` (the config's path, or where its object is defined) unless allowed."""
+def _check_module(module_path: str, path: str, where: str, defined_in: str | None = None,
+                  also: str | None = None) -> None:
+    """Refuse `module_path` (the config's path, or where its object is defined) unless allowed
+    (`also`: one more package, for a third-party path the torchtune table lists)."""
     what = f"'{path}' is defined in {defined_in}, which" if defined_in else f"'{path}'"
     if any(_under(module_path, d) for d in DENIED):
         raise ConfigError(f"{where}: {what} is refused: it can load or run code outside the config")
-    if not any(_under(module_path, m) for m in allowed_modules()):
+    if not any(_under(module_path, m) for m in allowed_modules() + ((also,) if also else ())):
         top = module_path.split(".")[0]
         raise ConfigError(
             f"{where}: {what} is not in an allowed module ({', '.join(allowed_modules())}); "
@@ -219,6 +228,7 @@ def instantiate(node: Any, *args: Any, **kwargs: Any) -> Any:
 
 
 def _build(data: dict, where: str, args: tuple, kwargs: dict) -> Any:
+    data = torchtune_names.translate_node(data, where or "config")
     target = resolve(data["_component_"], f"{where or 'config'}._component_")
     hints = type_hints(target)
     params = {k: _build_value(v, f"{where}.{k}" if where else k, hints.get(k))

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
+from tunelib.config import torchtune_names
 from tunelib.config.checks import check
 from tunelib.config.loading import load_yaml
 from tunelib.config.overrides import apply_overrides, parse_overrides
@@ -30,6 +31,7 @@ def build_config(path: str | Path, overrides: list[str], schema: type | None):
     cfg = load_yaml(path)
     apply_overrides(cfg, parse_overrides(list(overrides)), schema)
     if schema is not None:
+        torchtune_names.fill_checkpoint_dir(cfg, schema_fields(schema))
         for name, info in schema_fields(schema).items():
             if name not in cfg and not info.required:
                 cfg[name] = info.default

@@ -3,9 +3,11 @@
 Names here are what configs refer to, e.g. `tunelib.training.get_cosine_schedule_with_warmup`.
 """
 
-from tunelib.training.loggers import JSONLLogger, StdoutLogger, TensorBoardLogger, WandBLogger
+from tunelib.training.checkpointer import HFCheckpointer
+from tunelib.training.loggers import DiskLogger, JSONLLogger, StdoutLogger, TensorBoardLogger, WandBLogger
 from tunelib.training.loop import Run, TrainState, train
 from tunelib.training.loss import LinearCrossEntropyLoss
+from tunelib.training.profiler import setup_torch_profiler
 from tunelib.training.schedules import (
     get_constant_schedule_with_warmup,
     get_cosine_schedule_with_warmup,
@@ -13,6 +15,8 @@ from tunelib.training.schedules import (
 )
 
 __all__ = [
+    "DiskLogger",
+    "HFCheckpointer",
     "JSONLLogger",
     "LinearCrossEntropyLoss",
     "Run",
@@ -23,5 +27,6 @@ __all__ = [
     "get_constant_schedule_with_warmup",
     "get_cosine_schedule_with_warmup",
     "get_linear_schedule_with_warmup",
+    "setup_torch_profiler",
     "train",
 ]

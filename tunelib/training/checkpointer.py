@@ -1,7 +1,7 @@
 """The checkpointer a fine-tuning config names: HF folder in, HF or PEFT folders out.
 
     checkpointer:
-      _component_: tunelib.checkpoint.HFCheckpointer
+      _component_: tunelib.training.HFCheckpointer
       checkpoint_dir: ${checkpoint_dir}
       output_dir: ${output_dir}
 
@@ -34,12 +34,24 @@ from typing import Callable
 
 import torch
 
-from tunelib.checkpoint import atomic, training_state
+from tunelib.checkpoint import atomic, torchtune_keys, training_state
 from tunelib.checkpoint.hf_load import load_hf_weights
 from tunelib.checkpoint.hf_save import save_hf_weights
 from tunelib.checkpoint.writes import write_failure
 from tunelib.dtensors import whole_params
 from tunelib.errors import CheckpointError, ConfigError, TrainingStopped
+from tunelib.models.registry import format_for
+from tunelib.peft import (
+    adapter_params,
+    is_adapter_key,
+    llama_adapter_spec,
+    load_llama_adapter,
+    load_peft_adapter,
+    merged_weights,
+    nf4_transform,
+    save_llama_adapter,
+    save_peft_adapter,
+)
 
 ADAPTER, MERGED = "adapter", "merged"
 
@@ -52,12 +64,19 @@ class HFCheckpointer:
         output_dir: where checkpoints go; it must not be inside checkpoint_dir.
         max_shard_size: largest safetensors file written, e.g. "5GB".
         keep_last_n_checkpoints: keep only the newest N `step_*` folders (None keeps all).
+        checkpoint_files: torchtune's key: the folder's weight files, as a list or as
+            `{filename_format, max_filename}`; checked to be exactly the files its index names.
+        model_type: torchtune's key (LLAMA3, QWEN2, ...); checked against config.json.
+        recipe_checkpoint, adapter_checkpoint: torchtune's keys: with resume_from_checkpoint=True,
+            the checkpoint to resume from (a step_N folder of output_dir, or a file in it).
     """
-
     def __init__(self, checkpoint_dir: str, output_dir: str, max_shard_size: str | int = "5GB",
-                 keep_last_n_checkpoints: int | None = None):
+                 keep_last_n_checkpoints: int | None = None, checkpoint_files: list[str] | dict | None = None,
+                 model_type: str | None = None, recipe_checkpoint: str | None = None,
+                 adapter_checkpoint: str | None = None):
         self.checkpoint_dir, self.output_dir = Path(checkpoint_dir), Path(output_dir)
         self.max_shard_size, self.keep_last_n = max_shard_size, keep_last_n_checkpoints
+        self.resume_keys = {"recipe_checkpoint": recipe_checkpoint, "adapter_checkpoint": adapter_checkpoint}
         if not self.checkpoint_dir.is_dir():
             # Checked first: the tokenizer path and model config derive from it, and their own
             # "does not exist" would not say which setting is wrong.
@@ -70,6 +89,10 @@ class HFCheckpointer:
         if self.output_dir.resolve().is_relative_to(self.checkpoint_dir.resolve()):
             raise ConfigError(f"output_dir {output_dir} is inside checkpoint_dir {checkpoint_dir}; "
                               "choose another output_dir so the model you start from is never overwritten")
+        if checkpoint_files is not None:
+            torchtune_keys.check_checkpoint_files(self.checkpoint_dir, checkpoint_files)
+        if model_type is not None:
+            torchtune_keys.check_model_type(self.checkpoint_dir, model_type)
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -81,7 +104,6 @@ class HFCheckpointer:
         Adapters are left on meta for `tunelib.peft.initialize_adapters`; `load_adapter` then
         puts a resumed run's trained adapter in place.
         """
-        from tunelib.peft import adapter_params, is_adapter_key, nf4_transform
 
         folder = resume.path if resume is not None and not adapter_params(model) else self.checkpoint_dir
         load_hf_weights(model, folder, dtype=dtype, device=device, buffer_device=buffer_device,
@@ -89,7 +111,6 @@ class HFCheckpointer:
 
     def load_adapter(self, model: torch.nn.Module, checkpoint: atomic.Checkpoint) -> None:
         """Put the trained adapter of `checkpoint` into an adapter model (no-op for full fine-tuning)."""
-        from tunelib.peft import adapter_params, llama_adapter_spec, load_llama_adapter, load_peft_adapter
 
         if llama_adapter_spec(model) is not None:
             load_llama_adapter(model, checkpoint.path / ADAPTER)
@@ -143,9 +164,6 @@ class HFCheckpointer:
     def _write_model(self, model: torch.nn.Module, folder: Path, adapter_only: bool, dist=None) -> None:
         """The model's folders, written by the first process. Under FSDP2 every process takes
         part: weights are gathered one decoder layer at a time, adapters all at once (small)."""
-        from tunelib.peft import (adapter_params, llama_adapter_spec, merged_weights, save_llama_adapter,
-                                  save_peft_adapter)
-
         writer = dist is None or dist.is_main
         source = self.checkpoint_dir if (self.checkpoint_dir / "config.json").is_file() else None
         if adapter_params(model):
@@ -165,7 +183,6 @@ class HFCheckpointer:
 
     @staticmethod
     def _fused(model: torch.nn.Module):
-        from tunelib.models.registry import format_for
 
         return format_for(model.config).fused_projections
 
@@ -181,6 +198,9 @@ class HFCheckpointer:
                 newest (or named) one is a final checkpoint without a training state.
             ConfigError: output_dir holds a run but resume_from_checkpoint is False.
         """
+        named = self.named_resume(resume_from_checkpoint)
+        if named is not None:
+            resume_from_checkpoint = str(named)
         if resume_from_checkpoint is False:
             self._refuse_existing_run()
             return None
@@ -191,9 +211,34 @@ class HFCheckpointer:
         resumable = [c for c in atomic.complete_checkpoints(self.output_dir)
                      if training_state.exists(c.path) or c.final]
         if not resumable:
+            torchtune_made = torchtune_keys.torchtune_run(self.output_dir)
+            if torchtune_made:  # starting over silently would look like a resume
+                raise CheckpointError(
+                    f"{self.output_dir} holds a torchtune run ({', '.join(p.name for p in torchtune_made)}), which "
+                    "tunelib cannot resume: start a new run with checkpoint_dir set to its newest epoch_N folder "
+                    "and a new output_dir (docs/migrating_from_torchtune.md)")
             _say(f"No complete checkpoint in {self.output_dir} yet: starting from the beginning")
             return None
         return self._with_state(resumable[-1])
+
+    def named_resume(self, resume_from_checkpoint: bool | str) -> Path | None:
+        """The checkpoint torchtune's recipe_checkpoint / adapter_checkpoint name (None: neither is set).
+
+        Raises:
+            CheckpointError: they name no complete tunelib checkpoint, or different ones.
+            ConfigError: they are set but resume_from_checkpoint is False, or names another checkpoint.
+        """
+        named = torchtune_keys.resume_folder(self.output_dir, self.checkpoint_dir, **self.resume_keys)
+        if named is None:
+            return None
+        if resume_from_checkpoint is False:
+            raise ConfigError(f"checkpointer.recipe_checkpoint/adapter_checkpoint name {named}, which is read only "
+                              "to resume: set resume_from_checkpoint=True, or set them to null")
+        if isinstance(resume_from_checkpoint, str) and \
+                self._named(Path(resume_from_checkpoint)).path.resolve() != named.resolve():
+            raise ConfigError(f"resume_from_checkpoint={resume_from_checkpoint} but checkpointer.recipe_checkpoint/"
+                              f"adapter_checkpoint name {named}; name the checkpoint once")
+        return named
 
     def _with_state(self, checkpoint: atomic.Checkpoint) -> atomic.Checkpoint:
         if not checkpoint.final or training_state.exists(checkpoint.path):

@@ -1,4 +1,4 @@
-"""Metric loggers: JSONL on disk (the default), stdout, TensorBoard and Weights & Biases.
+"""Metric loggers: JSONL on disk (the default), text or JSONL files (DiskLogger), stdout, TensorBoard, W&B.
 
 Each has `log(step, metrics)`, `log_config(config)` and `close()`. Only rank 0 logs.
 TensorBoard and W&B are optional extras (`pip install tunelib[tensorboard]` / `[wandb]`),
@@ -10,8 +10,9 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from tunelib.checkpoint.writes import replace_text
 from tunelib.errors import ConfigError, TrainingStopped
@@ -98,6 +99,38 @@ class StdoutLogger:
 
     def close(self) -> None:
         pass
+
+
+class DiskLogger:
+    """Write each logged step to a file in `log_dir` (torchtune's DiskLogger).
+
+    Args:
+        log_dir: the folder; created if missing.
+        filename: the file's name (default `log_<unix time>.<output_fmt>`, a new file per run).
+        output_fmt: "txt" writes `Step N | loss:1.234 lr:0.0003` lines; "jsonl" one JSON object a line.
+    """
+
+    def __init__(self, log_dir: str, filename: str | None = None, output_fmt: Literal["txt", "jsonl"] = "txt"):
+        if output_fmt not in ("txt", "jsonl"):
+            raise ConfigError(f"DiskLogger output_fmt={output_fmt!r}; use txt or jsonl")
+        self.output_fmt = output_fmt
+        self.path = Path(log_dir) / (filename or f"log_{int(time.time())}.{output_fmt}")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = open(self.path, "a")
+
+    def log(self, step: int, metrics: dict[str, Any]) -> None:
+        if self.output_fmt == "jsonl":
+            line = json.dumps({"step": step, **metrics})
+        else:
+            line = f"Step {step} | " + " ".join(f"{k}:{_fmt(v)}" for k, v in metrics.items())
+        self._file.write(line + "\n")
+        self._file.flush()
+
+    def log_config(self, config: dict) -> None:
+        pass  # the recipe writes config.yaml into output_dir
+
+    def close(self) -> None:
+        self._file.close()
 
 
 class TensorBoardLogger:

@@ -12,6 +12,7 @@ counts come from the CPU batch before it moves, so a GPU is never drained betwee
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
@@ -58,6 +59,7 @@ class Run:
     optimizer_in_bwd: bool = False
     trainable: list[torch.nn.Parameter] = field(default_factory=list)
     summary: RunSummary = field(default_factory=RunSummary)  # what the run did, for its end
+    profiler: Any = None  # a torch.profiler.profile stepped once per optimizer step (the `profiler` setting)
 
     @property
     def steps_per_epoch(self) -> int:
@@ -78,7 +80,8 @@ def train(run: Run) -> TrainState:
             names them); the last checkpoint is intact.
     """
     try:
-        return _train(run)
+        with run.profiler if run.profiler is not None else contextlib.nullcontext():
+            return _train(run)
     except RuntimeError as e:
         if run.dist.enabled and _is_timeout(e):
             raise TrainingStopped(_timeout_message(run)) from None
@@ -136,6 +139,8 @@ def _train(run: Run) -> TrainState:
             state.step += 1
             state.step_in_epoch += 1
             state.tokens += int(step_tokens)
+            if run.profiler is not None:
+                run.profiler.step()
             run.summary.add_step(state.step, read.loss, state.tokens)
             if state.step % s.log_every_n_steps == 0 or state.step == run.total_steps:
                 metrics = _metrics(run, read, window)

@@ -70,7 +70,7 @@ def _llama_adapter_lines(folder: Path, base_model: str, merged: bool) -> list[st
     base = base_model if Path(base_model).is_dir() else f"<your download of {base_model}>"
     lines = [
         f"  adapter (tunelib LLaMA-Adapter): {folder / 'adapter'}",
-        "  tunelib: model = tunelib.peft.load_llama_adapter(tunelib.models.from_pretrained(\""
+        "  tunelib: model = tunelib.peft.load_llama_adapter(tunelib.checkpoint.from_pretrained(\""
         + base + "\"), \"" + str(folder / "adapter") + "\")",
     ]
     if merged:

@@ -6,6 +6,7 @@ outside these are refused before anything runs (see docs/configs.md).
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Literal
 
@@ -24,7 +25,7 @@ class TrainingSettings:
     checkpoint_dir: str = setting(REQUIRED, "The Hugging Face model folder to start from (`tune download` writes /tmp/<model name>).")
     model: Component = component("Model builder, e.g. tunelib.models.llama3_1.llama3_1_8b.", provided=("checkpoint_dir",))
     tokenizer: Component = component("Tokenizer builder, e.g. tunelib.tokenizers.from_pretrained.")
-    checkpointer: Component | None = component("How weights are read and written (default: tunelib.checkpoint.HFCheckpointer from checkpoint_dir to output_dir).", default=None)
+    checkpointer: Component | None = component("How weights are read and written (default: tunelib.training.HFCheckpointer from checkpoint_dir to output_dir).", default=None)
     resume_from_checkpoint: bool | str = setting(False, "True: continue from the newest complete checkpoint in output_dir; or the path of one.")
     dataset: Component | list[Component] = component("Training data builder(s); a list is concatenated.", provided=("*1",))
     dataset_val: Component | list[Component] | None = component("Validation data builder(s); None for no validation.", default=None, provided=("*1",))
@@ -65,6 +66,10 @@ class TrainingSettings:
     data_parallel_shard_dim: int = setting(-1, "Distributed: processes that share one sharded copy of the model (-1: the world size / data_parallel_replicate_dim).")
     data_parallel_replicate_dim: int = setting(1, "Distributed: copies of the sharded model (HSDP, e.g. one per node); times data_parallel_shard_dim it must equal the world size.")
     dist_timeout_seconds: int = setting(600, "Distributed: a rank that waits longer than this for the others ends the job.")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] | None = setting(None, "Level of tunelib's log lines on the first process (the dataset's report, packing): WARNING keeps warnings and errors, ERROR only errors; None: INFO (torchtune's key).")
+    profiler: Component | None = component("torch.profiler around training, writing Chrome traces when its enabled is true: tunelib.training.setup_torch_profiler (torchtune's node and keys; see docs/configs.md).", default=None)
+    low_cpu_ram: bool = setting(False, "torchtune's key for loading with little CPU memory; tunelib always does (weights stream tensor by tensor into the model's own memory, never a second copy), so both values load that way.")
+    custom_sharded_layers: list[str] | None = setting(None, "torchtune's key: modules FSDP2 shards as units of their own besides each decoder layer; tunelib always does so for an untied embedding and output layer (a tied pair is one weight, kept with the root), the only names accepted (torchtune's tok_embeddings, output; tunelib's embed_tokens, lm_head).")
 
     @classmethod
     def value_problems(cls, cfg: dict) -> list[str]:
@@ -84,6 +89,7 @@ class TrainingSettings:
         if cfg.get("clip_grad_norm") is not None and cfg["clip_grad_norm"] <= 0:
             problems.append(f"clip_grad_norm={cfg['clip_grad_norm']}; use a positive number, or null")
         problems += seed_problems(cfg) + device_problems(cfg) + folder_problems(cfg, "output_dir", "checkpoint_dir")
+        problems += _checkpointer_folder_problems(cfg) + _sharded_layer_problems(cfg)
         return problems + _warmup_problems(cfg.get("lr_scheduler"))
 
 
@@ -125,6 +131,27 @@ def _weight_precision_problems(cfg: dict, schema: type) -> list[str]:
                 f"bf16_stochastic_round), not {name or 'this optimizer'}; set e.g. "
                 "optimizer._component_=torchao.optim.AdamW8bit (the shipped *_full configs' optimizer)"]
     return []
+
+
+def _checkpointer_folder_problems(cfg: dict) -> list[str]:
+    # torchtune files name the folders inside the checkpointer; one given twice must be one folder.
+    node = cfg.get("checkpointer") if isinstance(cfg.get("checkpointer"), dict) else {}
+    return [f"{key}={cfg[key]} but checkpointer.{key}={node[key]}; they must name the same folder: set one of them"
+            for key in ("checkpoint_dir", "output_dir")
+            if isinstance(node.get(key), str) and isinstance(cfg.get(key), str)
+            and os.path.normpath(node[key]) != os.path.normpath(cfg[key])]
+
+
+# custom_sharded_layers names (torchtune's and tunelib's) of the modules FSDP2 always shards on their own.
+SHARDED_ON_THEIR_OWN = ("tok_embeddings", "output", "embed_tokens", "lm_head", "model.embed_tokens")
+
+
+def _sharded_layer_problems(cfg: dict) -> list[str]:
+    unknown = [name for name in cfg.get("custom_sharded_layers") or [] if name not in SHARDED_ON_THEIR_OWN]
+    if not unknown:
+        return []
+    return [f"custom_sharded_layers names {', '.join(unknown)}; only the embedding and the output layer can be "
+            f"units of their own ({', '.join(SHARDED_ON_THEIR_OWN[:4])}), and they always are"]
 
 
 def _checkpointing_problems(cfg: dict) -> list[str]:

@@ -15,12 +15,13 @@ before the first step:
  7. optimizer, schedule, loss, metric loggers
  8. on resume: optimizer, schedule, data position, random state and counters restored
 
-Saves stream the other way (`tunelib.checkpoint.HFCheckpointer.save`): one decoder layer is
+Saves stream the other way (`tunelib.training.HFCheckpointer.save`): one decoder layer is
 gathered, merged and written at a time.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,9 +32,20 @@ import torch
 from tunelib.checkpoint import atomic, training_state, writes
 from tunelib.checkpoint.lock import OutputDirLock
 from tunelib.config import instantiate
+from tunelib.data import build_loader, check_token_ids, combine
 from tunelib.errors import CheckpointError, ConfigError, NothingToDo
-from tunelib.training import precision, report, runtime
+from tunelib.peft import (
+    adapter_params,
+    apply_peft,
+    initialize_adapters,
+    llama_adapter_spec,
+    set_trainable,
+    store_trained_in,
+)
+from tunelib.training import precision, report, runtime, transforms
+from tunelib.training.checkpointer import HFCheckpointer
 from tunelib.training.distributed import Dist
+from tunelib.training.estimate import estimate
 from tunelib.training.fingerprint import run_fingerprint
 from tunelib.training.loggers import JSONLLogger, MetricLoggers
 from tunelib.training.loop import Run, TrainState
@@ -135,6 +147,8 @@ def _build(cfg, method: Method, checkpointer, output_lock: OutputDirLock | None,
     runtime.set_cpu_threads(cfg.cpu_threads)
     runtime.return_freed_host_memory()
     dist = Dist.from_env(device, cfg.dist_timeout_seconds)
+    if cfg.log_level is not None and dist.is_main:  # the other processes show warnings and up, as before
+        logging.getLogger("tunelib").setLevel(cfg.log_level)
     dtype = runtime.resolve_dtype(cfg.dtype, device)
     resume = checkpointer.resume_point(cfg.resume_from_checkpoint)
     dist.barrier()  # every rank decided before any writes into output_dir
@@ -142,8 +156,9 @@ def _build(cfg, method: Method, checkpointer, output_lock: OutputDirLock | None,
     seed = runtime.set_seed(saved["counters"]["seed"] if saved else cfg.seed)
 
     tokenizer = instantiate(cfg.tokenizer)
-    model = instantiate(cfg.model, checkpoint_dir=cfg.checkpoint_dir)
+    model = _model(cfg)
     _check_method(model, method)
+    dist.say(estimate(cfg, model, method, world_size=dist.world_size, device=device, time_step=False).one_line())
     settings = training_state.resume_settings(cfg, dist.world_size)
     numbers = run_fingerprint(cfg, model, tokenizer, adapters=method != "full")
     if saved is not None:  # before any weight is read, so a changed model or adapter is named, not a shape error
@@ -173,14 +188,13 @@ def _build(cfg, method: Method, checkpointer, output_lock: OutputDirLock | None,
     state = TrainState(seed=seed)
     loss_fn = precision.compute_in(_loss(cfg), cfg, device, dtype, sharded=dist.enabled)
     if cfg.compile:
-        from tunelib.training import transforms
-
         transforms.compile_loss(loss_fn)
     run = Run(model=model, optimizer=optimizer, scheduler=None, loss_fn=loss_fn, loader=loader,
               val_loader=val_loader, save=None, logger=None, dist=dist, device=device, settings=cfg,
               state=state, optimizer_in_bwd=isinstance(optimizer, OptimizerInBackward), trainable=trainable)
     run.scheduler = _scheduler(cfg, optimizer, run.total_steps)
     run.save = _saver(cfg, checkpointer, method, settings, numbers)
+    run.profiler = instantiate(cfg.profiler) if cfg.profiler is not None else None
     if saved is not None:
         _restore(run, saved, resume)
         _set_aside_later(checkpointer, resume, dist)
@@ -240,8 +254,6 @@ def _give_back(output_lock: OutputDirLock | None, created: list[Path]) -> None:
 
 
 def _checkpointer(cfg):
-    from tunelib.checkpoint.checkpointer import HFCheckpointer
-
     keep = {} if cfg.keep_last_n_checkpoints is None else {"keep_last_n_checkpoints": cfg.keep_last_n_checkpoints}
     if cfg.checkpointer is None:
         return HFCheckpointer(cfg.checkpoint_dir, cfg.output_dir, **keep)
@@ -253,9 +265,12 @@ def _checkpointer(cfg):
 # -- 2-4. the model -------------------------------------------------------------------------
 
 
-def _check_method(model: torch.nn.Module, method: Method) -> None:
-    from tunelib.peft import adapter_params, llama_adapter_spec
+def _model(cfg) -> torch.nn.Module:
+    """The config's model on the meta device, with the adapters its `model` node asks for."""
+    return apply_peft(instantiate(cfg.model, checkpoint_dir=cfg.checkpoint_dir))
 
+
+def _check_method(model: torch.nn.Module, method: Method) -> None:
     has = bool(adapter_params(model))
     if method == "full" and has:
         raise ConfigError("the model config asks for adapters (lora_* or adapter keys) but this recipe trains every "
@@ -274,8 +289,6 @@ def _check_method(model: torch.nn.Module, method: Method) -> None:
 def _start_adapters(model: torch.nn.Module, method: Method, device, dtype) -> None:
     """First values of the adapters (small, the same on every rank), before the base is sharded
     and loaded; DoRA magnitudes wait for the base weights they are the norms of."""
-    from tunelib.peft import initialize_adapters
-
     if method != "full":
         initialize_adapters(model, device, dtype)
 
@@ -283,16 +296,12 @@ def _start_adapters(model: torch.nn.Module, method: Method, device, dtype) -> No
 def _finish_adapters(model: torch.nn.Module, method: Method, device, dtype) -> None:
     """DoRA magnitudes of a fresh run, from the loaded base weights; what else trains (LLaMA-Adapter
     v2's norms, loaded with the base) in the adapters' dtype too."""
-    from tunelib.peft import initialize_adapters, store_trained_in
-
     if method != "full":
         initialize_adapters(model, device, dtype)
         store_trained_in(model, dtype)
 
 
 def _make_trainable(model: torch.nn.Module, method: Method) -> None:
-    from tunelib.peft import set_trainable
-
     if method == "full":
         for p in model.parameters():
             p.requires_grad_(True)
@@ -309,8 +318,6 @@ def _parameter_counts(model: torch.nn.Module) -> str:
 
 def _transform(model: torch.nn.Module, cfg, dist: Dist, device: torch.device, method: Method) -> None:
     """Activation checkpointing (and offloading), compile, FSDP2, in that order (each wraps the decoder layers)."""
-    from tunelib.training import transforms
-
     if cfg.enable_activation_offloading and not cfg.enable_activation_checkpointing:
         raise ConfigError("enable_activation_offloading needs enable_activation_checkpointing=True")
     if cfg.enable_activation_offloading and device.type != "cuda":
@@ -334,8 +341,6 @@ def _transform(model: torch.nn.Module, cfg, dist: Dist, device: torch.device, me
 
 
 def _loader(cfg, node, tokenizer, model, dist: Dist, seed: int, batch_size: int, shuffle: bool):
-    from tunelib.data import build_loader, check_token_ids, combine
-
     nodes = list(node) if isinstance(node, (list, tuple)) or _is_list(node) else [node]
     dataset = combine([instantiate(n, tokenizer) for n in nodes], seed=seed)
     check_token_ids(dataset, model.config.vocab_size)
@@ -536,13 +541,15 @@ def preflight(cfg, method: Method) -> list[str]:
     """
     notes = []
     if Path(cfg.checkpoint_dir).is_dir():
-        _checkpointer(cfg)
-        model = instantiate(cfg.model, checkpoint_dir=cfg.checkpoint_dir)
+        checkpointer = _checkpointer(cfg)
+        if hasattr(checkpointer, "named_resume"):  # torchtune's recipe_checkpoint: checked as `tune run` would
+            checkpointer.named_resume(cfg.resume_from_checkpoint)
+        model = _model(cfg)
     else:
         notes.append(f"checkpoint_dir {cfg.checkpoint_dir} does not exist yet: `tune download REPO_ID "
                      f"--output-dir {cfg.checkpoint_dir}` before `tune run`")
         try:
-            model = instantiate(cfg.model, checkpoint_dir=cfg.checkpoint_dir)
+            model = _model(cfg)
         except CheckpointError:
             model = None  # a builder that reads config.json: checked once the folder exists
     if model is not None:
@@ -552,4 +559,6 @@ def preflight(cfg, method: Method) -> list[str]:
     if cfg.lr_scheduler is not None:
         _scheduler(cfg, optimizer, total_steps=1)
     _loss(cfg)
+    if cfg.profiler is not None:
+        instantiate(cfg.profiler)  # an activity the machine lacks is refused here too
     return notes
