@@ -102,3 +102,14 @@ def test_version_says_when_no_tune_is_on_path(tmp_path):
 def test_script_owner_is_read_from_its_entry_point(tmp_path, text, owner):
     (tmp_path / "tune").write_text(text)
     assert script_package(tmp_path / "tune") == owner
+
+
+def test_a_run_started_as_tunelib_prints_next_commands_as_tunelib(tmp_path):
+    from support.recipes import tiny_model_folder, words
+
+    folder = tiny_model_folder(tmp_path, "llama3_2")
+    done = command("tunelib", "run", "lora_finetune_single_device", "--config", "llama3_2/1B_lora_tunelib",
+                   *words(folder, tmp_path / "out", None, ("max_steps_per_epoch=1",)))
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "  tunelib chat " in done.stdout and "  tunelib run generate --config generation" in done.stdout
+    assert "  tune chat " not in done.stdout

@@ -8,6 +8,8 @@ import os
 import shlex
 from pathlib import Path
 
+from tunelib.errors import program
+
 # The file that marks a LLaMA-Adapter folder (tunelib.peft.llama_adapter_folder.CONFIG_NAME);
 # written out so that importing this module stays light.
 LLAMA_ADAPTER_CONFIG = "tunelib_llama_adapter.json"
@@ -102,8 +104,9 @@ def next_commands(final: Path, base_model: str, *, adapter: bool, merged: bool, 
         model, extra = Path(base_model), f" adapter_dir={final / 'adapter'}"
     chat_adapter = f" --adapter {final / 'adapter'}" if extra else ""
     asked = _shell_setting("prompt", prompt or "Hello")
-    return [f"  tune chat {model}{chat_adapter}",
-            f"  tune run generate --config generation checkpoint_dir={model}{extra} {asked}"]
+    tune = program()  # `tunelib` when the run was started as `tunelib`: its `tune` may be torchtune's
+    return [f"  {tune} chat {model}{chat_adapter}",
+            f"  {tune} run generate --config generation checkpoint_dir={model}{extra} {asked}"]
 
 
 def _shell_setting(key: str, value: str) -> str:
@@ -125,4 +128,4 @@ def resume_command(method: str, output_dir: Path, world_size: int) -> str:
         recipe = f"{RECIPES[method]}_distributed"
     else:
         launch, recipe = "", f"{RECIPES[method]}_single_device"
-    return f"tune run {launch}{options}{recipe} --config {shlex.quote(str(config))} resume_from_checkpoint=True"
+    return f"{program()} run {launch}{options}{recipe} --config {shlex.quote(str(config))} resume_from_checkpoint=True"
