@@ -13,7 +13,6 @@ Files are read as text: torchtune is never imported.
 
 from __future__ import annotations
 
-import ast
 import json
 import pprint
 import re
@@ -23,6 +22,8 @@ from pathlib import Path
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests"))
+from support.torchtune_wheel import config_names  # noqa: E402 - torchtune's registry, read as the tests read it
 NAMES_FILE = REPO / "recipes/data/torchtune_config_names.json"  # read by tunelib/registry.py
 # torchtune recipes tunelib has under the same name.
 RECIPES = {"full_finetune_single_device", "full_finetune_distributed", "lora_finetune_single_device",
@@ -36,19 +37,6 @@ SETTINGS = {"seed", "shuffle", "batch_size", "epochs", "max_steps_per_epoch", "g
             "batch_size_val", "data_parallel_shard_dim", "data_parallel_replicate_dim",
             "tasks", "limit", "max_seq_length"}
 NODES = ("model", "dataset", "dataset_val", "optimizer", "lr_scheduler")
-
-
-def registry(folder: Path) -> dict[str, tuple[str, str]]:
-    """torchtune's config names -> (recipe, file), read from its _recipe_registry.py."""
-    tree = ast.parse((folder / "torchtune/_recipe_registry.py").read_text())
-    out = {}
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "Recipe":
-            kw = {k.arg: k.value for k in node.keywords}
-            for config in kw["configs"].elts:
-                ckw = {k.arg: ast.literal_eval(k.value) for k in config.keywords}
-                out.setdefault(ckw["name"], (ast.literal_eval(kw["name"]), ckw["file_path"]))
-    return out
 
 
 def unsupported(name: str, recipe: str, raw: dict | None) -> bool:
@@ -85,10 +73,9 @@ def collect(folders: list[tuple[str, Path]]) -> tuple[dict, dict]:
     """(name -> values of the configs tunelib runs, name -> torchtune recipe of those it cannot yet)."""
     configs, missing = {}, {}
     for version, folder in folders:
-        for name, (recipe, file) in registry(folder).items():
+        for name, (recipe, path) in config_names(folder).items():
             if name in configs or name in missing or "/" not in name:
                 continue  # generation, quantization, eleuther_evaluation: tunelib's own examples
-            path = folder / "recipes/configs" / file
             text = path.read_text() if path.is_file() else ""
             raw = yaml.safe_load(text) if text else None
             if unsupported(name, recipe, raw):
