@@ -24,6 +24,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 from support.torchtune_wheel import config_names  # noqa: E402 - torchtune's registry, read as the tests read it
+
 NAMES_FILE = REPO / "recipes/data/torchtune_config_names.json"  # read by tunelib/registry.py
 # torchtune recipes tunelib has under the same name.
 RECIPES = {"full_finetune_single_device", "full_finetune_distributed", "lora_finetune_single_device",

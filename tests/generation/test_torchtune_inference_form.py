@@ -69,6 +69,7 @@ def test_torchtunes_generation_file_answers_as_tunelibs_own_keys(tune, folder, t
     ({"checkpoint_files: [model.safetensors]": "checkpoint_files: [model-00001-of-00002.safetensors]"},
      "checkpoint_files"),
     ({"enable_kv_cache: True": "enable_kv_cache: False"}, "enable_kv_cache=False"),
+    ({"seed: 1234": "seed: 1234\ncheckpoint_dir: /tmp/elsewhere"}, "they must name the same folder"),
     ({"quantizer: null": "quantizer:\n  _component_: torchtune.training.quantization.Int8DynActInt4WeightQuantizer"},
      "quantizer"),
 ])

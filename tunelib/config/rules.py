@@ -6,6 +6,7 @@ so a schema's `value_problems` can list them and `tune validate` refuses what `t
 
 from __future__ import annotations
 
+import os
 import re
 
 SEED_LIMIT = 2**32  # NumPy's and torch's seeding both accept 0 .. 2**32 - 1
@@ -26,6 +27,16 @@ def device_problems(cfg: dict) -> list[str]:
     if device is None or _DEVICE.fullmatch(device):
         return []
     return [f"device={device!r}; use auto, cpu, cuda or cuda:N"]
+
+
+def checkpointer_folder_problems(cfg: dict, *keys: str) -> list[str]:
+    """Each of `keys` given both at the top and inside `checkpointer` (torchtune's files name the
+    folders there) must name the same folder."""
+    node = cfg.get("checkpointer") if isinstance(cfg.get("checkpointer"), dict) else {}
+    return [f"{key}={cfg[key]} but checkpointer.{key}={node[key]}; they must name the same folder: set one of them"
+            for key in keys
+            if isinstance(node.get(key), str) and isinstance(cfg.get(key), str)
+            and os.path.normpath(node[key]) != os.path.normpath(cfg[key])]
 
 
 def folder_problems(cfg: dict, *keys: str) -> list[str]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from tunelib.config.rules import checkpointer_folder_problems
 from tunelib.config.schema import Component, component, setting
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
@@ -41,11 +42,7 @@ class TorchtuneInferenceKeys:
                             "checkpoint_dir to its output folder and quantizer to null")
         if cfg.get("resume_from_checkpoint"):
             problems.append("resume_from_checkpoint=True: generation and evaluation have nothing to resume; set it to false")
-        node = cfg.get("checkpointer") if isinstance(cfg.get("checkpointer"), dict) else {}
-        if "checkpoint_dir" in node and cfg.get("checkpoint_dir") not in (None, node["checkpoint_dir"]) \
-                and "${checkpointer.checkpoint_dir}" != cfg.get("checkpoint_dir"):
-            problems.append(f"checkpoint_dir={cfg['checkpoint_dir']} but checkpointer.checkpoint_dir="
-                            f"{node['checkpoint_dir']}; they must name the same folder: set one of them")
+        problems += checkpointer_folder_problems(cfg, "checkpoint_dir")
         if cfg.get("tokenizer") is not None and cfg.get("tokenizer_dir") is not None:
             problems.append("tokenizer and tokenizer_dir both say where the tokenizer is; keep one")
         if cfg.get("tokenizer") is not None and cfg.get("chat_format") is not None:

@@ -6,13 +6,12 @@ outside these are refused before anything runs (see docs/configs.md).
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import Literal
 
 import torch
 
-from tunelib.config.rules import device_problems, folder_problems, seed_problems
+from tunelib.config.rules import checkpointer_folder_problems, device_problems, folder_problems, seed_problems
 from tunelib.config.schema import REQUIRED, Component, component, setting
 from tunelib.models import flex
 
@@ -89,7 +88,7 @@ class TrainingSettings:
         if cfg.get("clip_grad_norm") is not None and cfg["clip_grad_norm"] <= 0:
             problems.append(f"clip_grad_norm={cfg['clip_grad_norm']}; use a positive number, or null")
         problems += seed_problems(cfg) + device_problems(cfg) + folder_problems(cfg, "output_dir", "checkpoint_dir")
-        problems += _checkpointer_folder_problems(cfg) + _sharded_layer_problems(cfg)
+        problems += checkpointer_folder_problems(cfg, "checkpoint_dir", "output_dir") + _sharded_layer_problems(cfg)
         return problems + _warmup_problems(cfg.get("lr_scheduler"))
 
 
@@ -131,15 +130,6 @@ def _weight_precision_problems(cfg: dict, schema: type) -> list[str]:
                 f"bf16_stochastic_round), not {name or 'this optimizer'}; set e.g. "
                 "optimizer._component_=torchao.optim.AdamW8bit (the shipped *_full configs' optimizer)"]
     return []
-
-
-def _checkpointer_folder_problems(cfg: dict) -> list[str]:
-    # torchtune files name the folders inside the checkpointer; one given twice must be one folder.
-    node = cfg.get("checkpointer") if isinstance(cfg.get("checkpointer"), dict) else {}
-    return [f"{key}={cfg[key]} but checkpointer.{key}={node[key]}; they must name the same folder: set one of them"
-            for key in ("checkpoint_dir", "output_dir")
-            if isinstance(node.get(key), str) and isinstance(cfg.get(key), str)
-            and os.path.normpath(node[key]) != os.path.normpath(cfg[key])]
 
 
 # custom_sharded_layers names (torchtune's and tunelib's) of the modules FSDP2 always shards on their own.
