@@ -38,7 +38,7 @@ def static_logits(model, ids: list[int], prompt_len: int) -> torch.Tensor:
 
 # llama3_2: tied embeddings, llama3 RoPE; gemma2: soft-capping, a sliding window of 4, scaled
 # embeddings; qwen2_5: a window on one layer only. 12 new tokens pass every window.
-@pytest.mark.parametrize("family", ["llama3_2", "gemma2", "qwen2_5"])
+@pytest.mark.parametrize("family", ["llama3_2", "gemma2", "gemma3", "qwen2_5"])
 def test_static_cache_gives_full_forward_logits_and_transformers_greedy_tokens(hf_folder, family, eager_static):
     from support.models import load_hf_model
     from tunelib.checkpoint import from_pretrained

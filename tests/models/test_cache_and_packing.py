@@ -9,8 +9,8 @@ from tunelib.checkpoint import from_pretrained
 from tunelib.models.attention import build_mask
 
 # Families whose attention differs: RoPE scaling, sliding windows (all layers, alternating,
-# from a layer on), soft-capping, q/k norms, fused checkpoint projections.
-VARIED = ["llama3_1", "mistral", "qwen2_5", "gemma2", "qwen3", "phi3"]
+# from a layer on), soft-capping, q/k norms, fused checkpoint projections, a RoPE base per layer type.
+VARIED = ["llama3_1", "mistral", "qwen2_5", "gemma2", "gemma3", "qwen3", "phi3"]
 
 
 @pytest.mark.parametrize("family", VARIED)
@@ -40,7 +40,7 @@ def packed(lengths: list[int], ids: torch.Tensor) -> tuple[torch.Tensor, torch.T
     return docs, positions
 
 
-@pytest.mark.parametrize("family", ["llama3", "mistral", "gemma2"])
+@pytest.mark.parametrize("family", ["llama3", "mistral", "gemma2", "gemma3"])
 def test_packed_documents_equal_separate_runs(family, hf_folder, token_ids):
     model = from_pretrained(hf_folder(family))
     ids = token_ids[:1]  # (1, 12): documents of 5, 4 and 3 tokens

@@ -24,9 +24,10 @@ pytestmark = [
 PACKED = [[0] * 5 + [1] * 4 + [2] * 3, [0] * 2 + [1] * 10]
 
 # llama3: grouped-query heads (4 / 2); qwen3: q/k norms; mistral: a window of 4 in rows of 12;
-# gemma2: soft-capped scores with windowed and full layers alternating, and its own scale.
+# gemma2: soft-capped scores with windowed and full layers alternating, and its own scale;
+# gemma3: a window on one layer only, each layer type with its own RoPE base.
 CASES = [("llama3", PACKED), ("qwen3", PACKED), ("mistral", None), ("mistral", PACKED), ("gemma2", None),
-         ("gemma2", PACKED)]
+         ("gemma2", PACKED), ("gemma3", PACKED)]
 
 
 @pytest.fixture

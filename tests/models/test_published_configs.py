@@ -71,7 +71,41 @@ PUBLISHED = {
                  "pad_token_id": 100257, "resid_pdrop": 0.0, "rms_norm_eps": 1e-05, "rope_scaling": None,
                  "rope_theta": 250000, "sliding_window": None, "tie_word_embeddings": False,
                  "torch_dtype": "bfloat16", "use_cache": True, "vocab_size": 100352},
+    "gemma3_1b": {"architectures": ["Gemma3ForCausalLM"], "attention_bias": False, "attention_dropout": 0.0,
+                  "attn_logit_softcapping": None, "bos_token_id": 2, "cache_implementation": "hybrid",
+                  "eos_token_id": [1, 106], "final_logit_softcapping": None, "head_dim": 256,
+                  "hidden_activation": "gelu_pytorch_tanh", "hidden_size": 1152, "initializer_range": 0.02,
+                  "intermediate_size": 6912, "max_position_embeddings": 32768, "model_type": "gemma3_text",
+                  "num_attention_heads": 4, "num_hidden_layers": 26, "num_key_value_heads": 1, "pad_token_id": 0,
+                  "query_pre_attn_scalar": 256, "rms_norm_eps": 1e-06, "rope_local_base_freq": 10000,
+                  "rope_scaling": None, "rope_theta": 1000000, "sliding_window": 512, "sliding_window_pattern": 6,
+                  "torch_dtype": "bfloat16", "use_cache": True, "vocab_size": 262144},
 }
+
+# Gemma 3 4B and up are published as Gemma3ForConditionalGeneration; these are the "text_config"
+# entries of their config.json files, which leave the rest to Gemma3TextConfig's defaults.
+GEMMA3_LINEAR = {"factor": 8.0, "rope_type": "linear"}
+GEMMA3_TEXT_CONFIGS = {
+    "gemma3_4b": {"hidden_size": 2560, "intermediate_size": 10240, "model_type": "gemma3_text",
+                  "num_hidden_layers": 34, "rope_scaling": GEMMA3_LINEAR, "sliding_window": 1024},
+    "gemma3_12b": {"hidden_size": 3840, "intermediate_size": 15360, "model_type": "gemma3_text",
+                   "num_attention_heads": 16, "num_hidden_layers": 48, "num_key_value_heads": 8,
+                   "rope_scaling": GEMMA3_LINEAR, "sliding_window": 1024},
+    "gemma3_27b": {"head_dim": 128, "hidden_size": 5376, "intermediate_size": 21504, "model_type": "gemma3_text",
+                   "num_attention_heads": 32, "num_hidden_layers": 62, "num_key_value_heads": 16,
+                   "query_pre_attn_scalar": 168, "rope_scaling": GEMMA3_LINEAR, "sliding_window": 1024},
+}
+
+
+@pytest.mark.parametrize("name", GEMMA3_TEXT_CONFIGS)
+def test_gemma3_named_size_is_the_published_text_config(name):
+    # transformers fills the defaults and writes the file as transformers 5 does (RoPE per layer type).
+    transformers = pytest.importorskip("transformers")
+    full = transformers.Gemma3TextConfig(**GEMMA3_TEXT_CONFIGS[name]).to_dict()
+    published = config_from_dict({**full, "architectures": ["Gemma3ForCausalLM"]}, f"{name} text_config")
+    named = builders()[name]().config
+    assert named.differences(published) == []
+    assert named.layer_types.count("full_attention") == named.num_hidden_layers // 6  # the 5:1 pattern
 
 
 @pytest.mark.parametrize("name", PUBLISHED)

@@ -42,8 +42,19 @@ FAMILIES: dict[str, tuple[str, dict]] = {
     "gemma": ("GemmaConfig", dict(head_dim=32, num_key_value_heads=1)),
     "gemma2": ("Gemma2Config", dict(head_dim=32, sliding_window=4, query_pre_attn_scalar=24,
                                     attn_logit_softcapping=5.0, final_logit_softcapping=3.0)),
+    # Both layer types (a window of 4 on the first, global on the second), each with its own RoPE
+    # base, linear scaling on the global one (4B and up), a final soft-cap, q/k norms.
+    "gemma3": ("Gemma3TextConfig", dict(head_dim=32, sliding_window=4, query_pre_attn_scalar=24,
+                                        layer_types=["sliding_attention", "full_attention"],
+                                        rope_theta=50000.0, rope_local_base_freq=500.0,
+                                        rope_scaling={"rope_type": "linear", "factor": 8.0},
+                                        final_logit_softcapping=3.0)),
     "phi3": ("Phi3Config", dict(num_key_value_heads=4, sliding_window=6, pad_token_id=0)),
     "phi4": ("Phi3Config", dict(rope_theta=250000.0, pad_token_id=0)),
+    # Layer 1 of the Qwen3-MoE keeps a dense MLP; its top-k probabilities are used as they are.
+    "qwen3_moe": ("Qwen3MoeConfig", dict(rope_theta=1e6, head_dim=32, num_experts=4, num_experts_per_tok=2,
+                                         moe_intermediate_size=32, norm_topk_prob=False, mlp_only_layers=[1])),
+    "mixtral": ("MixtralConfig", dict(sliding_window=4, num_local_experts=4, num_experts_per_tok=2)),
 }
 
 

@@ -35,14 +35,14 @@ CONVERSATIONS = {
 TEMPLATES = [
     ("llama2", "llama2"), ("llama3", "llama3"), ("llama3", "llama3_1"), ("qwen2", "qwen2"),
     ("qwen2_5", "qwen2_5"), ("qwen3", "qwen3"), ("mistral", "mixtral"),
-    ("mistral", "mistral_v0_1"), ("mistral", "mistral_nemo"), ("gemma", "gemma"),
+    ("mistral", "mistral_v0_1"), ("mistral", "mistral_nemo"), ("gemma", "gemma"), ("gemma", "gemma3"),
     ("phi3", "phi3"), ("phi4", "phi4"),
 ]
 
 # Built-in format -> the official template it reproduces.
 BUILTINS = [
     ("llama2", "llama2"), ("llama3", "llama3"), ("qwen2", "qwen2"), ("qwen2_5", "qwen2_5"),
-    ("qwen3", "qwen3"), ("mistral", "mixtral"), ("gemma", "gemma"), ("phi3", "phi3"),
+    ("qwen3", "qwen3"), ("mistral", "mixtral"), ("gemma", "gemma"), ("gemma", "gemma3"), ("phi3", "phi3"),
     ("phi4", "phi4"),
 ]
 

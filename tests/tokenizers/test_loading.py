@@ -11,11 +11,8 @@ import pytest
 import tunelib.tokenizers as T
 from tunelib.errors import DataError
 
-BUILDERS = [
-    T.llama2_tokenizer, T.llama3_tokenizer, T.qwen2_tokenizer, T.qwen2_5_tokenizer,
-    T.qwen3_tokenizer, T.mistral_tokenizer, T.gemma_tokenizer, T.phi3_mini_tokenizer,
-    T.phi4_tokenizer,
-]
+# One per tokenizer the family modules name (tunelib.families), each exported by the package.
+BUILDERS = [getattr(T, name) for name in T.builders.BUILDERS]
 
 
 def test_path_may_be_folder_or_file_inside_it(tokenizer_folders):

@@ -7,10 +7,12 @@ import pytest
 from support.tokenizers import SAMPLE_TEXTS
 
 import tunelib.tokenizers as T
+from tunelib.families import families
 
 transformers = pytest.importorskip("transformers")
 
-FAMILIES = ["llama2", "llama3", "qwen2", "qwen2_5", "qwen3", "mistral", "gemma", "phi3", "phi4"]
+# Every tokenizer family the model families name (their built-in chat formats).
+FAMILIES = sorted({family.chat_format for family in families().values()})
 
 # (family, file inside the folder) for the non-tokenizer.json formats a folder also carries.
 OTHER_FILES = [

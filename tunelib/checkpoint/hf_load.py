@@ -160,12 +160,16 @@ def load_hf_weights(model: nn.Module, folder: str | Path, *, dtype: torch.dtype 
     folder, device = Path(folder), torch.device(device or "cpu")
     fmt = format_for(model.config)
     slots = _Slots(model)
+    stacks = _Stacks(slots, transform)
     for path in weight_files(folder):
         with open_weights(path) as source:
             for key in source.keys():
                 if key.endswith(_IGNORED) or key in slots.tied:
                     continue  # a tied checkpoint may store lm_head too: the embedding is the weight
-                for name, part, is_local in _parts(fmt, key, source, slots, model.config, path, transform):
+                slot = fmt.stacked(key)
+                parts = (_parts(fmt, key, source, slots, model.config, path, transform) if slot is None
+                         else stacks.add(key, *slot, source, path))
+                for name, part, is_local in parts:
                     part = part.to(dtype) if dtype is not None and part.is_floating_point() else part
                     slots.assign(name, _placed(part, slots.targets[name], device, transform, name, is_local))
     _check_complete(slots, ignore_missing, folder)
@@ -191,6 +195,43 @@ def _parts(fmt, key: str, source, slots: _Slots, config, path: Path, transform):
             return [(name, source.read_rows(key, *rows), True)]
         return [(name, source.read(key), False)]
     return [(name, part, False) for name, part in fmt.split(key, source.read(key), config)]
+
+
+class _Stacks:
+    """Checkpoint keys that each hold one slice of a stacked parameter (one expert's weight),
+    gathered until this process has all the slices it keeps, then given out as one part."""
+
+    def __init__(self, slots: _Slots, transform):
+        self.slots, self.transform = slots, transform
+        self.pieces: dict[str, dict[int, torch.Tensor]] = {}
+
+    def add(self, key: str, name: str, index: int, source, path: Path) -> list[tuple[str, torch.Tensor, bool]]:
+        """Read `key` (slice `index` of our `name`) if this process keeps it; the whole parameter's
+        (name, tensor, is_local) once its last slice is in, else nothing."""
+        target = self.slots.targets.get(name)
+        stored = source.meta(key)
+        # Slices are stacked along a new first dim (E, out, in), or their rows concatenated
+        # (E·out, in) where the parameter is kept flat (NF4 experts).
+        flat = target is not None and target.dim() == stored.dim()
+        count = 0 if target is None else target.shape[0] // stored.shape[0] if flat else target.shape[0]
+        whole = (count, *stored.shape[1:]) if flat else (count, *stored.shape)
+        if target is None or index >= count or (whole[0] * (stored.shape[0] if flat else 1),
+                                                *whole[1:]) != tuple(target.shape):
+            expected = "no such parameter" if target is None else f"slice {index} of {_shape(target)}"
+            raise CheckpointError(f"{path.name}: weight '{key}' {_shape(stored)} does not fit the model ({name}: "
+                                  f"{expected}); is {path.parent}/config.json the config of these weights?")
+        # NF4 quantizes the whole weight; otherwise a process sharded by rows reads only its rows.
+        rows = None if flat or _transforms(self.transform, name) else _local_rows(target)
+        start, stop = rows or (0, count)
+        if not start <= index < stop:
+            return []
+        got = self.pieces.setdefault(name, {})
+        got[index] = source.read(key)
+        if len(got) < stop - start:
+            return []
+        del self.pieces[name]
+        pieces = [got[i] for i in range(start, stop)]
+        return [(name, torch.cat(pieces) if flat else torch.stack(pieces), rows is not None)]
 
 
 def _transforms(transform, name: str) -> bool:

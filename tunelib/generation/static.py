@@ -94,9 +94,12 @@ class StaticRun:
         if self.embed_scale is not None:
             h = h * self.embed_scale
         cos, sin = decoder.rotary_emb(positions[None], h.dtype)  # (1, T, head_dim) each
+        local = None  # Gemma 3's sliding layers rotate with their own base
+        if decoder.config.rope_local_base_freq is not None:
+            local = decoder.rotary_emb(positions[None], h.dtype, local=True)
         self.cache.positions = positions
         inputs = AttentionInputs(cos=cos, sin=sin, masks={w: self._mask(positions, w) for w in self.windows},
-                                 cache=self.cache)
+                                 cache=self.cache, local_rope=local)
         for layer in decoder.layers:
             h = layer(h, inputs)
         return self.model.logits(decoder.norm(h[0, -1])).float()  # only the last position's logits are read

@@ -80,6 +80,8 @@ class AttentionInputs:
     # Per row, the lengths of its packed documents in order (summing to T): attend to each alone.
     # Set only where that equals every layer's mask (see `document_lengths`).
     documents: list[list[int]] | None = None
+    # cos, sin (B, T, head_dim) of the sliding layers' own RoPE base (Gemma 3); None: no such layers.
+    local_rope: tuple[torch.Tensor, torch.Tensor] | None = None
 
 
 def build_mask(q_len: int, k_len: int, *, document_ids: torch.Tensor | None, window: int | None,
@@ -147,14 +149,15 @@ class Attention(nn.Module):
         self.k_proj = nn.Linear(c.hidden_size, c.num_key_value_heads * c.head_dim, bias=c.qkv_bias)
         self.v_proj = nn.Linear(c.hidden_size, c.num_key_value_heads * c.head_dim, bias=c.qkv_bias)
         self.o_proj = nn.Linear(c.num_attention_heads * c.head_dim, c.hidden_size, bias=c.o_bias)
-        if c.qk_norm:
-            self.q_norm = RMSNorm(c.head_dim, c.rms_norm_eps)
-            self.k_norm = RMSNorm(c.head_dim, c.rms_norm_eps)
+        if c.qk_norm:  # Gemma 3 stores these as offsets from 1 too, like its other norms
+            self.q_norm = RMSNorm(c.head_dim, c.rms_norm_eps, c.norm_offset)
+            self.k_norm = RMSNorm(c.head_dim, c.rms_norm_eps, c.norm_offset)
         self.qk_norm = c.qk_norm
         self.scale = (c.query_pre_attn_scalar or c.head_dim) ** -0.5
         self.softcap = c.attn_logit_softcapping
         self.score_mod = None if self.softcap is None else flex.softcap_score_mod(self.softcap)  # for flex
         self.window = c.window(layer)
+        self.local_rope = c.local_rope(layer)
 
     def forward(self, x: torch.Tensor, inputs: AttentionInputs) -> torch.Tensor:
         B, T, _ = x.shape
@@ -163,8 +166,9 @@ class Attention(nn.Module):
         v = self.v_proj(x).view(B, T, -1, self.head_dim).transpose(1, 2)  # (B, KV, T, D)
         if self.qk_norm:
             q, k = self.q_norm(q), self.k_norm(k)
-        q = rotate(q.transpose(1, 2), inputs.cos, inputs.sin)  # (B, H, T, D)
-        k = rotate(k.transpose(1, 2), inputs.cos, inputs.sin)  # (B, KV, T, D)
+        cos, sin = self.rope(inputs)
+        q = rotate(q.transpose(1, 2), cos, sin)  # (B, H, T, D)
+        k = rotate(k.transpose(1, 2), cos, sin)  # (B, KV, T, D)
         if inputs.cache is not None:
             k, v = inputs.cache.update(self.layer, k, v)  # (B, KV, K, D), K = cached + T
         # A compiled layer keeps the mask: one graph for every packing, where the per-document
@@ -174,6 +178,15 @@ class Attention(nn.Module):
         else:
             out = self.attend(q, k, v, inputs.masks[self.window])  # (B, H, T, D)
         return self.o_proj(out.transpose(1, 2).reshape(B, T, -1))  # (B, T, hidden)
+
+    def rope(self, inputs: AttentionInputs) -> tuple[torch.Tensor, torch.Tensor]:
+        """This layer's cos, sin (B, T, head_dim): the sliding layers' own ones where the model has them."""
+        if not self.local_rope:
+            return inputs.cos, inputs.sin
+        if inputs.local_rope is None:  # a caller that built AttentionInputs itself and forgot them
+            raise ValueError(f"layer {self.layer} rotates with rope_local_base_freq, but AttentionInputs.local_rope "
+                             "is None; compute it with rotary_emb(positions, dtype, local=True)")
+        return inputs.local_rope
 
     def attend_documents(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                          documents: list[list[int]]) -> torch.Tensor:

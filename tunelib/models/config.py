@@ -48,6 +48,17 @@ class DecoderConfig:
     final_logit_softcapping: float | None = None  # logits -> cap * tanh(logits / cap)
     sliding_window: int | None = None  # a query sees the last `sliding_window` keys, itself included
     layer_types: tuple[str, ...] | None = None  # per layer FULL or SLIDING; None: all use sliding_window
+    # Sliding-window layers rotate with this RoPE base and no rope_scaling; full layers keep
+    # rope_theta and rope_scaling (Gemma 3: 10000 local, 1e6 global). None: one RoPE for all.
+    rope_local_base_freq: float | None = None
+    # Mixture of experts (see tunelib.models.moe); num_experts None: every MLP is dense.
+    num_experts: int | None = None  # experts per MoE layer (HF: num_experts, Mixtral's num_local_experts)
+    num_experts_per_tok: int = 2  # top-k: experts each token is sent to
+    moe_intermediate_size: int | None = None  # each expert's hidden size; None: intermediate_size
+    norm_topk_prob: bool = True  # rescale the k chosen probabilities to sum to 1 (Mixtral does; Qwen3-MoE says)
+    mlp_only_layers: tuple[int, ...] = ()  # layers that keep a dense MLP (sizes from intermediate_size)
+    decoder_sparse_step: int = 1  # layer i is MoE when (i + 1) % step == 0 and i is not in mlp_only_layers
+    router_aux_loss_coef: float = 0.001  # weight of the load-balancing loss in the objective (not the forward)
 
     def __post_init__(self):
         self._check_sizes()  # first: the derived defaults below compute with them
@@ -58,6 +69,9 @@ class DecoderConfig:
             put(self, "head_dim", self.hidden_size // self.num_attention_heads)
         if self.layer_types is not None:
             put(self, "layer_types", tuple(self.layer_types))
+        put(self, "mlp_only_layers", tuple(self.mlp_only_layers))
+        if self.num_experts is not None and self.moe_intermediate_size is None:
+            put(self, "moe_intermediate_size", self.intermediate_size)
         # One spelling per behaviour, so that two configs that compute the same thing compare equal.
         if self.sliding_window is None or self.layer_types is None or set(self.layer_types) == {SLIDING}:
             put(self, "layer_types", None)
@@ -87,10 +101,29 @@ class DecoderConfig:
         rope_type = (self.rope_scaling or {}).get("rope_type")
         if self.rope_scaling is not None and rope_type not in ROPE_TYPES:
             raise ValueError(f"rope_type {rope_type!r} is not supported (supported: default, {', '.join(ROPE_TYPES)})")
+        if self.num_experts is not None:
+            self._check_experts()
         if self.layer_types is not None:
             if len(self.layer_types) != self.num_hidden_layers or not set(self.layer_types) <= {FULL, SLIDING}:
                 raise ValueError(f"layer_types must list {FULL!r} or {SLIDING!r} for each of the "
                                  f"{self.num_hidden_layers} layers, got {self.layer_types}")
+
+    def _check_experts(self):
+        for name in ("num_experts", "num_experts_per_tok", "moe_intermediate_size", "decoder_sparse_step"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} is {value!r}; it must be a whole number of 1 or more")
+        if self.num_experts_per_tok > self.num_experts:
+            raise ValueError(f"num_experts_per_tok {self.num_experts_per_tok} is more than num_experts {self.num_experts}")
+
+    def is_moe_layer(self, layer: int) -> bool:
+        """Whether layer `layer` (from 0) has a mixture-of-experts MLP rather than a dense one."""
+        return (self.num_experts is not None and layer not in self.mlp_only_layers
+                and (layer + 1) % self.decoder_sparse_step == 0)
+
+    def local_rope(self, layer: int) -> bool:
+        """Whether layer `layer` rotates with `rope_local_base_freq` (a sliding layer of Gemma 3)."""
+        return self.rope_local_base_freq is not None and self.window(layer) is not None
 
     def window(self, layer: int) -> int | None:
         """The sliding window of layer `layer`, or None when it attends to every earlier token."""

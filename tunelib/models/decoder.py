@@ -23,6 +23,7 @@ from torch import nn
 from tunelib.models import flex
 from tunelib.models.attention import Attention, AttentionInputs, KVCache, build_mask, document_lengths
 from tunelib.models.config import DecoderConfig
+from tunelib.models.moe import MoE
 from tunelib.models.norm import RMSNorm
 from tunelib.models.rope import RotaryEmbedding
 
@@ -51,7 +52,7 @@ class DecoderLayer(nn.Module):
         super().__init__()
         c = config
         self.self_attn = Attention(c, layer)
-        self.mlp = MLP(c)
+        self.mlp = MoE(c) if c.is_moe_layer(layer) else MLP(c)  # MoE: see tunelib.models.moe
         self.input_layernorm = RMSNorm(c.hidden_size, c.rms_norm_eps, c.norm_offset)
         # Without sandwich norms this is the MLP's pre-norm; HF keeps the name either way.
         self.post_attention_layernorm = RMSNorm(c.hidden_size, c.rms_norm_eps, c.norm_offset)
@@ -101,8 +102,9 @@ class Decoder(nn.Module):
             # blocking host-to-device copy every forward.
             h = h * torch.tensor(self.config.hidden_size ** 0.5).to(h.dtype)
         cos, sin = self.rotary_emb(position_ids, h.dtype)
+        local = None if self.config.rope_local_base_freq is None else self.rotary_emb(position_ids, h.dtype, local=True)
         masks, documents = self.attention_masks(T, cache, document_ids, h.device)
-        inputs = AttentionInputs(cos, sin, masks, cache, documents)
+        inputs = AttentionInputs(cos, sin, masks, cache, documents, local)
         for layer in self.layers:
             h = layer(h, inputs)
         if cache is not None:

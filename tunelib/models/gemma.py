@@ -11,7 +11,20 @@ from tunelib.models.build import add_builders
 from tunelib.models.config import DecoderConfig
 from tunelib.models.hf_format import HFFormat, read_common, write_common
 
-ARCHITECTURE = "GemmaForCausalLM"
+# The family, as plain data (tunelib.families reads it without importing this module).
+FAMILY = {
+    "title": "Gemma",
+    "architecture": "GemmaForCausalLM",
+    "model_type": "gemma",
+    "tokenizer": "gemma_tokenizer",
+    "chat_format": "gemma",
+    "tokenizer_file": "tokenizer.model",
+    "configs": {
+        "2B": ("2b", "google/gemma-2b-it"), "7B": ("7b", "google/gemma-7b-it"),
+    },
+}
+
+ARCHITECTURE = FAMILY["architecture"]
 DEFAULTS = {"rms_norm_eps": 1e-6, "tie_word_embeddings": True, "hidden_act": "gelu_pytorch_tanh",
             "max_position_embeddings": 8192, "head_dim": 256, "num_key_value_heads": 16}
 GEMMA_TRAITS = dict(norm_offset=1.0, embed_scale=True, hidden_act="gelu_pytorch_tanh")
@@ -35,7 +48,7 @@ def write(c: DecoderConfig) -> dict:
     return {**write_common(c, "gemma"), "attention_bias": c.qkv_bias}
 
 
-HF_FORMAT = HFFormat(ARCHITECTURE, "gemma", read, write)
+HF_FORMAT = HFFormat(ARCHITECTURE, FAMILY["model_type"], read, write)
 
 
 def _size(**numbers):
@@ -49,4 +62,4 @@ SIZES = {
     "7b": _size(hidden_size=3072, intermediate_size=24576, num_hidden_layers=28, num_attention_heads=16,
                 num_key_value_heads=16),
 }
-BUILDERS = add_builders(globals(), "gemma", "Gemma", SIZES)
+BUILDERS = add_builders(globals(), "gemma", FAMILY["title"], SIZES)

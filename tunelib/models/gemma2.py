@@ -12,7 +12,21 @@ from tunelib.models.config import DecoderConfig, alternating_layers
 from tunelib.models.gemma import GEMMA_TRAITS, read_gelu
 from tunelib.models.hf_format import HFFormat, read_common, write_common
 
-ARCHITECTURE = "Gemma2ForCausalLM"
+# The family, as plain data (tunelib.families reads it without importing this module).
+FAMILY = {
+    "title": "Gemma 2",
+    "architecture": "Gemma2ForCausalLM",
+    "model_type": "gemma2",
+    "tokenizer": "gemma_tokenizer",
+    "chat_format": "gemma",
+    "tokenizer_file": "tokenizer.model",
+    "configs": {
+        "2B": ("2b", "google/gemma-2-2b-it"), "9B": ("9b", "google/gemma-2-9b-it"),
+        "27B": ("27b", "google/gemma-2-27b-it"),
+    },
+}
+
+ARCHITECTURE = FAMILY["architecture"]
 DEFAULTS = {"rms_norm_eps": 1e-6, "tie_word_embeddings": True, "max_position_embeddings": 8192, "head_dim": 256,
             "num_key_value_heads": 4}
 GEMMA2_TRAITS = dict(GEMMA_TRAITS, sandwich_norms=True)
@@ -40,7 +54,7 @@ def write(c: DecoderConfig) -> dict:
             "layer_types": list(c.layer_types or alternating_layers(c.num_hidden_layers))}
 
 
-HF_FORMAT = HFFormat(ARCHITECTURE, "gemma2", read, write)
+HF_FORMAT = HFFormat(ARCHITECTURE, FAMILY["model_type"], read, write)
 
 
 def _size(num_hidden_layers: int, **numbers):
@@ -58,4 +72,4 @@ SIZES = {
     "27b": _size(46, hidden_size=4608, intermediate_size=36864, num_attention_heads=32, num_key_value_heads=16,
                  head_dim=128, query_pre_attn_scalar=144),
 }
-BUILDERS = add_builders(globals(), "gemma2", "Gemma 2", SIZES)
+BUILDERS = add_builders(globals(), "gemma2", FAMILY["title"], SIZES)

@@ -44,6 +44,11 @@ class HFFormat:
     # Checkpoint modules that fuse several of ours, e.g. {"qkv_proj": ("q_proj", "k_proj", "v_proj")}:
     # PEFT adapters for such a model name the fused module.
     fused_projections: dict[str, tuple[str, ...]] | None = None
+    # Checkpoint keys that are one slice (along dim 0) of a stacked parameter of ours, such as
+    # one expert's weight: key -> (our name, index), or None for every other key.
+    stacked: Callable[[str], tuple[str, int] | None] = lambda key: None
+    # A mixture-of-experts family's per-expert names (tunelib.models.moe.ExpertKeys), else None.
+    expert_keys: Any = None
 
 
 def read_common(hf: dict, architecture: str, defaults: dict[str, Any]) -> dict[str, Any]:

@@ -10,7 +10,20 @@ from tunelib.models.build import add_builders
 from tunelib.models.config import DecoderConfig
 from tunelib.models.hf_format import HFFormat, read_common, write_common
 
-ARCHITECTURE = "MistralForCausalLM"
+# The family, as plain data (tunelib.families reads it without importing this module).
+FAMILY = {
+    "title": "Mistral",
+    "architecture": "MistralForCausalLM",
+    "model_type": "mistral",
+    "tokenizer": "mistral_tokenizer",
+    "chat_format": "mistral",
+    "tokenizer_file": "tokenizer.model",
+    "configs": {
+        "7B": ("7b", "mistralai/Mistral-7B-Instruct-v0.3"),
+    },
+}
+
+ARCHITECTURE = FAMILY["architecture"]
 DEFAULTS = {"rms_norm_eps": 1e-6, "tie_word_embeddings": False, "hidden_act": "silu",
             "max_position_embeddings": 131072, "num_key_value_heads": 8}
 
@@ -26,7 +39,7 @@ def write(c: DecoderConfig) -> dict:
     return {**write_common(c, "mistral"), "sliding_window": c.sliding_window}
 
 
-HF_FORMAT = HFFormat(ARCHITECTURE, "mistral", read, write)
+HF_FORMAT = HFFormat(ARCHITECTURE, FAMILY["model_type"], read, write)
 
 
 def _size(**numbers):
@@ -41,4 +54,4 @@ SIZES = {
     "7b_v0_2": _size(vocab_size=32000, rope_theta=1e6),
     "7b_v0_3": _size(vocab_size=32768, rope_theta=1e6),
 }
-BUILDERS = add_builders(globals(), "mistral", "Mistral", SIZES)
+BUILDERS = add_builders(globals(), "mistral", FAMILY["title"], SIZES)

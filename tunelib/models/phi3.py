@@ -14,7 +14,20 @@ from tunelib.models.build import add_builders
 from tunelib.models.config import DecoderConfig
 from tunelib.models.hf_format import HFFormat, Tensors, read_common, write_common
 
-ARCHITECTURE = "Phi3ForCausalLM"
+# The family, as plain data (tunelib.families reads it without importing this module).
+FAMILY = {
+    "title": "Phi-3",
+    "architecture": "Phi3ForCausalLM",
+    "model_type": "phi3",
+    "tokenizer": "phi3_mini_tokenizer",
+    "chat_format": "phi3",
+    "tokenizer_file": "tokenizer.model",
+    "configs": {
+        "mini": ("mini", "microsoft/Phi-3-mini-4k-instruct"),
+    },
+}
+
+ARCHITECTURE = FAMILY["architecture"]
 DEFAULTS = {"rms_norm_eps": 1e-5, "tie_word_embeddings": False, "hidden_act": "silu", "max_position_embeddings": 4096}
 QKV, GATE_UP = "self_attn.qkv_proj.weight", "mlp.gate_up_proj.weight"
 
@@ -61,11 +74,11 @@ def fuse(state_dict: dict[str, torch.Tensor], c: DecoderConfig) -> dict[str, tor
 
 
 FUSED_PROJECTIONS = {"qkv_proj": ("q_proj", "k_proj", "v_proj"), "gate_up_proj": ("gate_proj", "up_proj")}
-HF_FORMAT = HFFormat(ARCHITECTURE, "phi3", read, write, split, fuse, FUSED_PROJECTIONS)
+HF_FORMAT = HFFormat(ARCHITECTURE, FAMILY["model_type"], read, write, split, fuse, FUSED_PROJECTIONS)
 
 SIZES = {
     "mini": DecoderConfig(architecture=ARCHITECTURE, vocab_size=32064, hidden_size=3072, intermediate_size=8192,
                           num_hidden_layers=32, num_attention_heads=32, rms_norm_eps=1e-5, rope_theta=10000.0,
                           max_position_embeddings=4096, sliding_window=2047),
 }
-BUILDERS = add_builders(globals(), "phi3", "Phi-3", SIZES)
+BUILDERS = add_builders(globals(), "phi3", FAMILY["title"], SIZES)

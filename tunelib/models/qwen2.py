@@ -10,7 +10,21 @@ from tunelib.models.build import add_builders
 from tunelib.models.config import FULL, SLIDING, DecoderConfig
 from tunelib.models.hf_format import HFFormat, read_common, write_common
 
-ARCHITECTURE = "Qwen2ForCausalLM"
+# The family, as plain data (tunelib.families reads it without importing this module).
+FAMILY = {
+    "title": "Qwen2",
+    "architecture": "Qwen2ForCausalLM",
+    "model_type": "qwen2",
+    "tokenizer": "qwen2_tokenizer",
+    "chat_format": "qwen2",
+    "tokenizer_file": "",
+    "configs": {
+        "0.5B": ("0_5b", "Qwen/Qwen2-0.5B-Instruct"), "1.5B": ("1_5b", "Qwen/Qwen2-1.5B-Instruct"),
+        "7B": ("7b", "Qwen/Qwen2-7B-Instruct"), "72B": ("72b", "Qwen/Qwen2-72B-Instruct"),
+    },
+}
+
+ARCHITECTURE = FAMILY["architecture"]
 DEFAULTS = {"rms_norm_eps": 1e-6, "tie_word_embeddings": False, "hidden_act": "silu", "max_position_embeddings": 32768}
 
 
@@ -47,7 +61,7 @@ def write(c: DecoderConfig) -> dict:
     return {**write_common(c, "qwen2"), **write_sliding(c)}
 
 
-HF_FORMAT = HFFormat(ARCHITECTURE, "qwen2", read, write)
+HF_FORMAT = HFFormat(ARCHITECTURE, FAMILY["model_type"], read, write)
 
 SMALL_VOCAB, LARGE_VOCAB = 151936, 152064
 SIZES = {
@@ -60,4 +74,4 @@ SIZES = {
     "72b": qwen2_config(vocab_size=LARGE_VOCAB, hidden_size=8192, intermediate_size=29568, num_hidden_layers=80,
                         num_attention_heads=64, num_key_value_heads=8),
 }
-BUILDERS = add_builders(globals(), "qwen2", "Qwen2", SIZES)
+BUILDERS = add_builders(globals(), "qwen2", FAMILY["title"], SIZES)

@@ -11,7 +11,21 @@ from tunelib.models.config import DecoderConfig
 from tunelib.models.hf_format import HFFormat, read_common, write_common
 from tunelib.models.qwen2 import read_sliding, write_sliding
 
-ARCHITECTURE = "Qwen3ForCausalLM"
+# The family, as plain data (tunelib.families reads it without importing this module).
+FAMILY = {
+    "title": "Qwen3",
+    "architecture": "Qwen3ForCausalLM",
+    "model_type": "qwen3",
+    "tokenizer": "qwen3_tokenizer",
+    "chat_format": "qwen3",
+    "tokenizer_file": "",
+    "configs": {
+        "0.6B": ("0_6b", "Qwen/Qwen3-0.6B"), "1.7B": ("1_7b", "Qwen/Qwen3-1.7B"), "4B": ("4b", "Qwen/Qwen3-4B"),
+        "8B": ("8b", "Qwen/Qwen3-8B"), "14B": ("14b", "Qwen/Qwen3-14B"), "32B": ("32b", "Qwen/Qwen3-32B"),
+    },
+}
+
+ARCHITECTURE = FAMILY["architecture"]
 DEFAULTS = {"rms_norm_eps": 1e-6, "tie_word_embeddings": False, "hidden_act": "silu",
             "max_position_embeddings": 32768, "head_dim": 128}
 
@@ -28,7 +42,7 @@ def write(c: DecoderConfig) -> dict:
     return {**write_common(c, "qwen3"), "attention_bias": c.qkv_bias, **write_sliding(c)}
 
 
-HF_FORMAT = HFFormat(ARCHITECTURE, "qwen3", read, write)
+HF_FORMAT = HFFormat(ARCHITECTURE, FAMILY["model_type"], read, write)
 
 
 def _size(**numbers):
@@ -47,4 +61,4 @@ SIZES = {
     "14b": _size(hidden_size=5120, intermediate_size=17408, num_hidden_layers=40, num_attention_heads=40),
     "32b": _size(hidden_size=5120, intermediate_size=25600, num_hidden_layers=64, num_attention_heads=64),
 }
-BUILDERS = add_builders(globals(), "qwen3", "Qwen3", SIZES)
+BUILDERS = add_builders(globals(), "qwen3", FAMILY["title"], SIZES)

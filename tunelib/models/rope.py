@@ -54,17 +54,26 @@ class RotaryEmbedding(nn.Module):
         self.config = config
         # Not saved in checkpoints (HF ignores it too); recomputed by reset_parameters on load.
         self.register_buffer("inv_freq", self._compute(), persistent=False)
+        if config.rope_local_base_freq is not None:  # Gemma 3's sliding layers: their own base, unscaled
+            self.register_buffer("local_inv_freq", self._compute(local=True), persistent=False)
 
-    def _compute(self, device=None) -> torch.Tensor:
+    def _compute(self, device=None, *, local: bool = False) -> torch.Tensor:
         c = self.config
+        if local:
+            return inverse_frequencies(c.head_dim, c.rope_local_base_freq, None).to(device)
         return inverse_frequencies(c.head_dim, c.rope_theta, c.rope_scaling).to(device)
 
     def reset_parameters(self) -> None:
         """Recompute the frequencies on the buffer's device (after building on meta)."""
         self.inv_freq = self._compute(self.inv_freq.device)
+        if self.config.rope_local_base_freq is not None:
+            self.local_inv_freq = self._compute(self.local_inv_freq.device, local=True)
 
-    def forward(self, position_ids: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        """cos, sin of shape (B, T, head_dim) for integer positions (B, T), in `dtype`."""
-        angles = position_ids[..., None].float() * self.inv_freq.float()  # (B, T, head_dim/2)
+    def forward(self, position_ids: torch.Tensor, dtype: torch.dtype, *,
+                local: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos, sin of shape (B, T, head_dim) for integer positions (B, T), in `dtype`; with
+        `local`, those of the sliding layers' own base (`rope_local_base_freq` must be set)."""
+        inv_freq = self.local_inv_freq if local else self.inv_freq
+        angles = position_ids[..., None].float() * inv_freq.float()  # (B, T, head_dim/2)
         angles = torch.cat((angles, angles), dim=-1)  # (B, T, head_dim)
         return angles.cos().to(dtype), angles.sin().to(dtype)

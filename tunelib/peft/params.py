@@ -10,6 +10,7 @@ from torch.distributed.tensor import DTensor, distribute_tensor
 
 from tunelib.dtensors import whole_params
 from tunelib.peft.dora import DoRAEmbedding, DoRALinear
+from tunelib.peft.experts import LoRAGroupedLinear
 from tunelib.peft.llama_adapter import initialize_llama_adapter, tuned_norm_weights
 from tunelib.peft.lora import LoRAEmbedding, LoRALinear
 
@@ -18,7 +19,7 @@ from tunelib.peft.lora import LoRAEmbedding, LoRALinear
 _ADAPTER_KEY = re.compile(r"(^|\.)(lora_A|lora_B|lora_embedding_A|lora_embedding_B|lora_magnitude_vector"
                           r"|adapter_prompt|adapter_gate|adapter_scale|adapter_bias)(\.|$)")
 
-LORA_MODULES = (LoRALinear, LoRAEmbedding)
+LORA_MODULES = (LoRALinear, LoRAEmbedding, LoRAGroupedLinear)
 DORA_MODULES = (DoRALinear, DoRAEmbedding)
 
 

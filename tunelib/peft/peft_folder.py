@@ -22,7 +22,8 @@ from torch import nn
 
 from tunelib.checkpoint.safe_load import load_weights_only
 from tunelib.errors import CheckpointError
-from tunelib.peft import targets
+from tunelib.models.moe import GroupedLinear
+from tunelib.peft import experts, targets
 from tunelib.peft.fused import fuse_for_peft, peft_module_name, split_from_peft
 from tunelib.peft.lora import LoraSpec
 from tunelib.peft.params import LORA_MODULES, adapter_owner, adapter_state_dict, is_adapter_key, lora_modules, put_value
@@ -104,6 +105,7 @@ def save_peft_adapter(model: nn.Module, out_dir: str | Path, *, base_model_name_
     if fused_projections:
         config, tensors = fuse_for_peft(model, config, tensors, fused_projections)
         config = {k: v for k, v in config.items() if v != {}}
+    tensors = experts.unstack(model, tensors)  # one LoRA per expert, under the checkpoint's names
     tensors = {PREFIX + name: t.to("cpu").contiguous().clone() for name, t in tensors.items()}
     out_dir.mkdir(parents=True, exist_ok=True)
     save_file(tensors, out_dir / WEIGHTS_NAME, metadata={"format": "pt"})
@@ -116,8 +118,11 @@ def _plain_number(x: float):
 
 
 def _target_modules(model: nn.Module, adapted: list[str]) -> list[str]:
+    # Stacked experts are named as the checkpoint names expert 0 (Mixtral: `...experts.0.w1`).
+    adapted = [experts.peft_name(model, name) for name in adapted]
     leaves = sorted({name.rsplit(".", 1)[-1] for name in adapted})
-    with_leaves = [name for name, _ in model.named_modules() if name.rsplit(".", 1)[-1] in leaves]
+    with_leaves = [theirs for theirs in (experts.peft_name(model, name) for name, _ in model.named_modules())
+                   if theirs.rsplit(".", 1)[-1] in leaves]
     return leaves if sorted(with_leaves) == sorted(adapted) else sorted(adapted)
 
 
@@ -184,7 +189,7 @@ def load_peft_adapter(model: nn.Module, adapter_dir: str | Path, *,
     for name in specs.keys() - fresh.keys():
         _check_same_spec(name, model.get_submodule(name).spec, specs[name], adapter_dir)
     add_adapters(model, fresh)
-    tensors = _read_weights(adapter_dir)
+    tensors = experts.stack(model, _read_weights(adapter_dir), prefix=PREFIX)
     if fused_projections:
         tensors = split_from_peft(model, tensors, fused_projections, prefix=PREFIX)
     _load_tensors(model, specs, tensors, adapter_dir)
@@ -199,7 +204,7 @@ def _specs(model: nn.Module, config: dict, adapter_dir, fused_projections=None) 
     specs = {}
     for name in _matched_modules(model, config, fused_projections):
         # Targets and patterns name the modules of the checkpoint the adapter was made for.
-        peft_name = peft_module_name(name, fused_projections)
+        peft_name = peft_module_name(experts.peft_name(model, name), fused_projections)
         specs[name] = LoraSpec(
             rank=int(_pattern_value(rank_pattern, peft_name, rank)),
             alpha=float(_pattern_value(alpha_pattern, peft_name, alpha)),
@@ -225,9 +230,9 @@ def _pattern_value(patterns: dict, name: str, default):
 def _matched_modules(model: nn.Module, config: dict, fused_projections) -> list[str]:
     names = []
     for name, module in model.named_modules():
-        if not isinstance(module, (nn.Linear, nn.Embedding)) or _inside_adapter(name):
+        if not isinstance(module, (nn.Linear, nn.Embedding, GroupedLinear)) or _inside_adapter(name):
             continue
-        peft_name = peft_module_name(name, fused_projections)
+        peft_name = peft_module_name(experts.peft_name(model, name), fused_projections)
         if _excluded(config.get("exclude_modules"), peft_name):
             continue
         if _targeted(config, peft_name, module):

@@ -107,13 +107,14 @@ def is_nf4(tensor) -> bool:
 def check_shape(name: str, shape) -> None:
     """Raise ConfigError unless a weight of `shape` can be stored in NF4 with torchao's blocks.
 
-    torchao needs a 2-D weight whose element count is a multiple of 64 × 256 = 16384.
+    torchao needs a 2-D weight whose element count is a multiple of 64 × 256 = 16384; stacked
+    expert weights (E, out, in) are stored as (E·out, in).
     """
     shape = tuple(shape)
     numel = 1
     for size in shape:
         numel *= size
-    if len(shape) != 2 or numel % NUMEL_MULTIPLE:
+    if len(shape) not in (2, 3) or numel % NUMEL_MULTIPLE:
         raise ConfigError(
             f"quantize_base: {name} has shape {shape} ({numel} elements), but torchao's NF4 needs a 2-D "
             f"weight whose size is a multiple of {NUMEL_MULTIPLE} (blocks of {BLOCK_SIZE} × "
@@ -122,8 +123,13 @@ def check_shape(name: str, shape) -> None:
 
 
 def quantize(name: str, tensor: torch.Tensor) -> torch.Tensor:
-    """Return `tensor` as a frozen NF4 tensor; `name` is used in the error if its shape cannot be."""
+    """Return `tensor` as a frozen NF4 tensor; `name` is used in the error if its shape cannot be.
+
+    A stacked expert weight (E, out, in) becomes an NF4 tensor of shape (E·out, in): torchao's
+    NF4 is 2-D, and its blocks run over the memory in the same order either way."""
     check_shape(name, tensor.shape)
+    if tensor.dim() == 3:
+        tensor = tensor.flatten(0, 1)
     return api().to_nf4(tensor.detach().contiguous(), BLOCK_SIZE, SCALER_BLOCK_SIZE)
 
 

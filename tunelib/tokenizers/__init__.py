@@ -7,32 +7,11 @@
 See docs/data.md for the families, chat formats and special tokens.
 """
 
-from tunelib.tokenizers.builders import (
-    gemma_tokenizer,
-    llama2_tokenizer,
-    llama3_tokenizer,
-    mistral_tokenizer,
-    phi3_mini_tokenizer,
-    phi4_tokenizer,
-    qwen2_5_tokenizer,
-    qwen2_tokenizer,
-    qwen3_tokenizer,
-)
+from tunelib.tokenizers.builders import BUILDERS
 from tunelib.tokenizers.chat_formats import BUILTIN_FORMATS
 from tunelib.tokenizers.loading import from_pretrained
 from tunelib.tokenizers.tokenizer import Tokenizer
 
-__all__ = [
-    "BUILTIN_FORMATS",
-    "Tokenizer",
-    "from_pretrained",
-    "gemma_tokenizer",
-    "llama2_tokenizer",
-    "llama3_tokenizer",
-    "mistral_tokenizer",
-    "phi3_mini_tokenizer",
-    "phi4_tokenizer",
-    "qwen2_5_tokenizer",
-    "qwen2_tokenizer",
-    "qwen3_tokenizer",
-]
+# One builder per family tokenizer (gemma_tokenizer, llama3_tokenizer, ...): see tunelib.families.
+globals().update(BUILDERS)
+__all__ = ["BUILTIN_FORMATS", "Tokenizer", "from_pretrained", *sorted(BUILDERS)]

@@ -132,8 +132,10 @@ def render_mistral(turns, sp: Specials, gen: bool) -> Rendered:
 
 
 def render_gemma(turns, sp: Specials, gen: bool) -> Rendered:
-    """`<start_of_turn>{user|model}\\n{content}<end_of_turn>\\n`; a system message opens the
-    first user turn (Gemma has no system role)."""
+    """`<start_of_turn>{user|model}\\n{content}<end_of_turn>\\n`, for Gemma, Gemma 2 and Gemma 3.
+
+    Gemma has no system role: a system message opens the first user turn, followed by a blank
+    line, as Gemma 3's template writes it (Gemma 1 and 2's templates refuse one instead)."""
     system, turns = _split_system(turns)
     _check_alternation(turns, "Gemma")
     r = PieceRenderer()
