@@ -5,9 +5,15 @@
         adapter_dir=out/final/adapter output_dir=/tmp/llama-tuned-int8                 # base + adapter
     tune run quantize --config quantization checkpoint_dir=out/final/merged scheme=int4 device=cuda
 
+    tune run quantize --config quantization checkpoint_dir=out/final \
+        quantizer._component_=tunelib.quantization.Int8DynActInt4WeightQATQuantizer quantizer.groupsize=256
+
 int8: one int8 per weight and one scale per output row, on CPU or CUDA. int4: 4-bit weights
-in groups of group_size inputs, CUDA and bf16 only (torchao's tinygemm kernels). The linear
-layers inside decoder layers are quantized; embeddings, output layer and norms are not.
+in groups of group_size inputs, CUDA and bf16 only (torchao's tinygemm kernels). A `quantizer`
+(torchtune's key; the one a QAT run trained with) quantizes as it says instead: int8 dynamic
+activations and int4 weights (Int8DynActInt4WeightQATQuantizer, CPU and CUDA), exactly what QAT
+simulated, or int4 weight-only (Int4WeightOnlyQATQuantizer, as scheme=int4). The linear layers
+inside decoder layers are quantized; embeddings, output layer and norms are not.
 The output is a Hugging Face folder of torchao safetensors (no pickles) that
 `tune run generate`, `tune run eleuther_eval`, `tune chat` and transformers
 (`AutoModelForCausalLM.from_pretrained`, with torchao installed) load.
@@ -20,7 +26,8 @@ from pathlib import Path
 from typing import Literal
 
 from tunelib.config.rules import device_problems
-from tunelib.config.schema import REQUIRED, setting
+from tunelib.config.schema import REQUIRED, Component, component, setting
+from tunelib.config.torchtune_inference import TorchtuneInferenceKeys
 from tunelib.errors import ConfigError
 
 NAMES = ("quantize",)
@@ -29,22 +36,43 @@ DISTRIBUTED = False
 
 
 @dataclass(kw_only=True)
-class QuantizeSettings:
+class _QuantizeSettings:
     """Keys of a quantization config."""
 
     checkpoint_dir: str = setting(REQUIRED, "The model folder to quantize (HF, a full or merged fine-tune).")
     adapter_dir: str | None = setting(None, "A LoRA/DoRA (PEFT) adapter folder merged in before quantizing.")
     output_dir: str | None = setting(None, "Where the quantized folder goes (default: <checkpoint_dir>-<scheme> beside it); must not exist yet.")
-    scheme: Literal["int8", "int4"] = setting("int8", "int8 (CPU and CUDA) or int4 (CUDA, bf16).")
-    group_size: int = setting(128, "int4: inputs sharing one scale and zero point (32, 64, 128 or 256).")
+    scheme: Literal["int8", "int4"] | None = setting(None, "int8 (CPU and CUDA; null means int8 unless a quantizer is given) or int4 (CUDA, bf16).")
+    group_size: int | None = setting(None, "int4: inputs sharing one scale and zero point (32, 64, 128 or 256; null: 128).")
     device: str = setting("auto", "Where to quantize: cuda, cpu, cuda:N or auto (cuda when available).")
     dtype: Literal["auto", "fp32", "bf16", "fp16"] = setting("auto", "Precision of the unquantized parts and of the computation (int4: bf16).")
     max_shard_size: int = setting(5 * 1024**3, "Largest safetensors file, in bytes.")
 
     @classmethod
     def value_problems(cls, cfg: dict) -> list[str]:
-        """A device torch knows, checked with the config so `tune validate` sees it too."""
-        return device_problems(cfg)
+        """A device torch knows, and one way of saying how to quantize, checked with the config so
+        `tune validate` sees them too."""
+        problems = device_problems(cfg)
+        if cfg.get("quantizer") is not None:
+            problems += [f"{key}={cfg[key]} and quantizer both say how to quantize; remove {key}"
+                         for key in ("scheme", "group_size") if cfg.get(key) is not None]
+        elif cfg.get("group_size") is not None and cfg.get("scheme") != "int4":
+            problems.append(f"group_size={cfg['group_size']} is read only with scheme=int4; set scheme=int4 or remove it")
+        return problems
+
+
+@dataclass(kw_only=True)
+class QuantizeSettings(TorchtuneInferenceKeys, _QuantizeSettings):
+    """Its own keys, then torchtune's model and checkpointer nodes (torchtune's quantization.yaml validates)."""
+
+    output_dir: str | None = setting(None, "Where the quantized folder goes (default: <checkpoint_dir>-<scheme> beside it); must not exist yet.")
+    quantizer: Component | None = component("What to quantize to instead of scheme: the quantizer a QAT run trained with, e.g. tunelib.quantization.Int8DynActInt4WeightQATQuantizer (torchtune.training.quantization names too) with its groupsize.", default=None)
+    seed: int | None = setting(None, "torchtune's key: quantizing draws no random numbers, so any value gives the same folder.")
+
+    @classmethod
+    def value_problems(cls, cfg: dict) -> list[str]:
+        # torchtune's inference keys refuse a quantizer; here it is what the recipe does.
+        return _QuantizeSettings.value_problems(cfg) + cls.torchtune_problems({**cfg, "quantizer": None})
 
 
 SCHEMA = QuantizeSettings
@@ -52,46 +80,56 @@ SCHEMA = QuantizeSettings
 
 def main(cfg) -> int:
     from tunelib.checkpoint import hf_state_dict
+    from tunelib.config import instantiate
     from tunelib.generation import load_model
+    from tunelib.generation.torchtune_form import honour_torchtune_keys
     from tunelib.generation.loading import (is_llama_adapter, resolve_adapter_folder, resolve_device, resolve_dtype,
                                             resolve_model_folder)
     from tunelib.models import read_hf_config
     from tunelib.models.registry import format_for
     from tunelib.peft import merged_state_dict
-    from tunelib.quantization import torchao_folder, weight_only
+    from tunelib.quantization import qat, torchao_folder, weight_only
 
+    honour_torchtune_keys(cfg, instantiate)  # torchtune's model and checkpointer nodes, when the config has them
     source = resolve_model_folder(cfg.checkpoint_dir)
     if torchao_folder.quantization_name(source):
         raise ConfigError(f"{source} is quantized already; quantize the unquantized model")
+    quantizer = instantiate(cfg.quantizer) if cfg.quantizer is not None else None
+    scheme = quantizer.scheme if quantizer is not None else cfg.scheme or "int8"
+    group_size = quantizer.groupsize if quantizer is not None else cfg.group_size or 128
     device = resolve_device(cfg.device)
-    dtype = resolve_dtype("bf16" if cfg.scheme == "int4" and cfg.dtype == "auto" else cfg.dtype, source, device)
+    dtype = resolve_dtype("bf16" if scheme == "int4" and cfg.dtype == "auto" else cfg.dtype, source, device)
     fused = bool(format_for(read_hf_config(source)).fused_projections)
-    weight_only.check_scheme(cfg.scheme, cfg.group_size, device, dtype, fused_projections=fused)
+    if scheme in weight_only.SCHEMES:  # int8, int4; a quantizer's 8da4w runs anywhere
+        weight_only.check_scheme(scheme, group_size, device, dtype, fused_projections=fused)
 
     if cfg.adapter_dir and is_llama_adapter(resolve_adapter_folder(cfg.adapter_dir)):
         raise ConfigError(f"adapter_dir {cfg.adapter_dir} is a LLaMA-Adapter, whose prompts cannot be folded into "
                           "weights; quantize takes LoRA/DoRA adapters (or a v2 run's final/merged folder)")
-    out = _output_dir(cfg, source)
+    out = _output_dir(cfg, source, scheme)
 
     # Unmerged: merged_state_dict folds the adapter itself and says whether tied embeddings come apart.
     loaded = load_model(source, adapter_dir=cfg.adapter_dir, dtype=cfg.dtype if dtype is None else _name(dtype),
                         device=device, merge_adapter=False)
-    print(f"Quantizing {loaded.describe()} to {cfg.scheme} on {device}...", flush=True)
+    if quantizer is not None:  # QAT trained these groups: no weight may be left unquantized
+        for name, linear in qat.target_linears(loaded.model).items():
+            quantizer.check_inputs(name, linear.in_features)
+    print(f"Quantizing {loaded.describe()} to {scheme} on {device}...", flush=True)
     weights, updates = merged_state_dict(loaded.model)  # plain weights, any adapter folded in
     config = loaded.model.config
     if updates.get("tie_word_embeddings") is False:
         config = dataclasses.replace(config, tie_word_embeddings=False)
-    torchao_config = weight_only.torchao_config(cfg.scheme, cfg.group_size)
+    torchao_config = quantizer.torchao_config() if quantizer is not None else weight_only.torchao_config(scheme, group_size)
     tensors = weight_only.quantize_weights(hf_state_dict(weights, config), torchao_config)
     _save(tensors, out, config=config, torchao_config=torchao_config, source_dir=source, config_updates=updates,
           max_shard_size=cfg.max_shard_size)
-    print(_summary(weights, out, cfg.scheme), flush=True)
+    print(_summary(weights, out, scheme), flush=True)
     return 0
 
 
-def _output_dir(cfg, source: Path) -> Path:
+def _output_dir(cfg, source: Path, scheme: str) -> Path:
     given = Path(cfg.checkpoint_dir).expanduser().absolute()
-    out = Path(cfg.output_dir).expanduser() if cfg.output_dir else given.parent / f"{given.name}-{cfg.scheme}"
+    out = Path(cfg.output_dir).expanduser() if cfg.output_dir else given.parent / f"{given.name}-{scheme}"
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ConfigError(f"output_dir {out} already exists; choose another output_dir or remove it")
     if out.resolve().is_relative_to(source.resolve()):

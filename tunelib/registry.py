@@ -85,16 +85,25 @@ def all_configs(root: Path | None = None) -> dict[str, Path]:
 
 def configs_of(recipe: Recipe, root: Path | None = None) -> list[str]:
     """The config names a recipe runs."""
-    return [name for name in all_configs(root) if _matches(name, recipe.patterns)]
+    recipes = all_recipes(root)
+    return [name for name in all_configs(root) if recipe in _runners(name, recipes)]
 
 
 def recipes_of(config_name: str, root: Path | None = None) -> list[Recipe]:
     """The recipes that run a shipped config (empty for a user's own file)."""
-    return [r for r in all_recipes(root) if _matches(config_name, r.patterns)]
+    return _runners(config_name, all_recipes(root))
 
 
-def _matches(config_name: str, patterns: tuple[str, ...]) -> bool:
-    return any(fnmatch.fnmatchcase(config_name, p) for p in patterns)
+def _runners(config_name: str, recipes: list[Recipe]) -> list[Recipe]:
+    # The most specific pattern wins: `*_qat_lora` is QAT LoRA's, though `*_lora` matches it too.
+    scores = [_specificity(config_name, r.patterns) for r in recipes]
+    best = max(scores, default=0)
+    return [r for r, score in zip(recipes, scores) if score and score == best]
+
+
+def _specificity(config_name: str, patterns: tuple[str, ...]) -> int:
+    """How much of `config_name` the best matching pattern spells out (0: none matches)."""
+    return max((len(p.replace("*", "")) + 1 for p in patterns if fnmatch.fnmatchcase(config_name, p)), default=0)
 
 
 def find_recipe(name: str, root: Path | None = None) -> Recipe:

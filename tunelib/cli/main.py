@@ -13,6 +13,8 @@
     tune sweep RECIPE --config CONFIG --grid KEY=V1,V2 [OVERRIDES]  one run per point of a grid
     tune compare DIR...                  runs side by side: table, loss curves, HTML, JSON
     tune estimate RECIPE --config CONFIG [OVERRIDES]  peak memory per device and time per step, nothing loaded
+    tune export gguf FOLDER -o FILE.gguf [--outtype f16]  one file for llama.cpp and Ollama
+    tune upload FOLDER REPO_ID [--public]  a trained model to the Hugging Face Hub, with a model card
 
 Bad input prints one line, `tune: error: ...`, and exits with code 2.
 
@@ -45,6 +47,8 @@ VERBS = {
     "sweep": "tunelib.cli.sweep",
     "compare": "tunelib.cli.compare",
     "estimate": "tunelib.cli.estimate",
+    "export": "tunelib.cli.export",
+    "upload": "tunelib.cli.upload",
 }
 
 WORD_VERBS = ("run", "validate", "cat", "preview", "sweep", "estimate")
