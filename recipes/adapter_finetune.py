@@ -18,21 +18,24 @@ import sys
 
 from tunelib.peft import fold_leaves_out
 from tunelib.training import train
+from tunelib.training.objective_setup import next_token
 from tunelib.training.settings import AdapterSettings
 from tunelib.training.setup import build_run, preflight
+from tunelib.training.trained import LLAMA_ADAPTER, Recipe
 
 NAMES = ("adapter_finetune_single_device", "adapter_finetune_distributed")
 CONFIGS = ("*_adapter", "*_adapter_v2")
+RECIPE = Recipe("adapter_finetune", trains=LLAMA_ADAPTER, objective=next_token)
 SCHEMA = AdapterSettings
 
 
 def check(cfg) -> list[str]:
     """What `tune validate` checks beyond the config: the model on meta, optimizer, schedule, loss."""
-    return preflight(cfg, method="adapter")
+    return preflight(cfg, RECIPE)
 
 
 def main(cfg) -> int:
-    built = build_run(cfg, method="adapter")
+    built = build_run(cfg, RECIPE)
     with built:  # on the way out, whatever happened: loggers, signals, process group, output_dir lock
         left_out = fold_leaves_out(built.run.model) if cfg.fold_adapter_v2 else []
         if left_out and built.run.dist.is_main:

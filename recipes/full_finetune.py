@@ -12,21 +12,24 @@ The loop is `tunelib.training.train`; the assembly, in order, is `tunelib.traini
 import sys
 
 from tunelib.training import train
+from tunelib.training.objective_setup import next_token
 from tunelib.training.settings import FullSettings
 from tunelib.training.setup import build_run, preflight
+from tunelib.training.trained import FULL, Recipe
 
 NAMES = ("full_finetune_single_device", "full_finetune_distributed")
 CONFIGS = ("*_full", "*_full_single_device", "*_full_low_memory", "*_full_multinode", "*_full_tunelib")
+RECIPE = Recipe("full_finetune", trains=FULL, objective=next_token)
 SCHEMA = FullSettings
 
 
 def check(cfg) -> list[str]:
     """What `tune validate` checks beyond the config: the model on meta, optimizer, schedule, loss."""
-    return preflight(cfg, method="full")
+    return preflight(cfg, RECIPE)
 
 
 def main(cfg) -> int:
-    built = build_run(cfg, method="full")
+    built = build_run(cfg, RECIPE)
     with built:  # on the way out, whatever happened: loggers, signals, process group, output_dir lock
         train(built.run)
         return built.report(adapter=False, merged=False)

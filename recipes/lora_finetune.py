@@ -15,22 +15,25 @@ The loop is `tunelib.training.train`; the assembly, in order, is `tunelib.traini
 import sys
 
 from tunelib.training import train
+from tunelib.training.objective_setup import next_token
 from tunelib.training.settings import LoRASettings
 from tunelib.training.setup import build_run, preflight
+from tunelib.training.trained import LORA, Recipe
 
 NAMES = ("lora_finetune_single_device", "lora_finetune_distributed")
 CONFIGS = ("*_lora", "*_qlora", "*_dora", "*_qdora", "*_lora_single_device", "*_qlora_single_device",
            "*_dora_single_device", "*_qdora_single_device", "*_lora_tunelib", "*_qlora_tunelib", "*_dora_tunelib")
+RECIPE = Recipe("lora_finetune", trains=LORA, objective=next_token)
 SCHEMA = LoRASettings
 
 
 def check(cfg) -> list[str]:
     """What `tune validate` checks beyond the config: the model on meta, optimizer, schedule, loss."""
-    return preflight(cfg, method="lora")
+    return preflight(cfg, RECIPE)
 
 
 def main(cfg) -> int:
-    built = build_run(cfg, method="lora")
+    built = build_run(cfg, RECIPE)
     with built:  # on the way out, whatever happened: loggers, signals, process group, output_dir lock
         train(built.run)
         return built.report(adapter=True, merged=not cfg.save_adapter_weights_only)

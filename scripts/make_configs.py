@@ -15,57 +15,23 @@ and where torchtune took a name first, tunelib's own is that name + `_tunelib`.
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib.util
 import json
 import math
 import re
 import sys
-from dataclasses import dataclass
 from pathlib import Path
+
+from tunelib.config.torchtune_names import equivalent
+from tunelib.families import families
 
 ROOT = Path(__file__).resolve().parents[1] / "recipes" / "configs"
 
 
-@dataclass(frozen=True)
-class Family:
-    tokenizer: str  # builder under tunelib.tokenizers
-    tokenizer_path: str  # relative to checkpoint_dir ("" for the folder)
-    sizes: dict[str, tuple[str, str]]  # config size label -> (builder size, Hub repo id)
-
-
-FAMILIES = {
-    "llama2": Family("llama2_tokenizer", "tokenizer.model", {
-        "7B": ("7b", "meta-llama/Llama-2-7b-hf"), "13B": ("13b", "meta-llama/Llama-2-13b-hf"),
-        "70B": ("70b", "meta-llama/Llama-2-70b-hf")}),
-    "llama3": Family("llama3_tokenizer", "original/tokenizer.model", {
-        "8B": ("8b", "meta-llama/Meta-Llama-3-8B-Instruct"), "70B": ("70b", "meta-llama/Meta-Llama-3-70B-Instruct")}),
-    "llama3_1": Family("llama3_tokenizer", "original/tokenizer.model", {
-        "8B": ("8b", "meta-llama/Llama-3.1-8B-Instruct"), "70B": ("70b", "meta-llama/Llama-3.1-70B-Instruct"),
-        "405B": ("405b", "meta-llama/Llama-3.1-405B-Instruct")}),
-    "llama3_2": Family("llama3_tokenizer", "original/tokenizer.model", {
-        "1B": ("1b", "meta-llama/Llama-3.2-1B-Instruct"), "3B": ("3b", "meta-llama/Llama-3.2-3B-Instruct")}),
-    "llama3_3": Family("llama3_tokenizer", "original/tokenizer.model", {
-        "70B": ("70b", "meta-llama/Llama-3.3-70B-Instruct")}),
-    "qwen2": Family("qwen2_tokenizer", "", {
-        "0.5B": ("0_5b", "Qwen/Qwen2-0.5B-Instruct"), "1.5B": ("1_5b", "Qwen/Qwen2-1.5B-Instruct"),
-        "7B": ("7b", "Qwen/Qwen2-7B-Instruct"), "72B": ("72b", "Qwen/Qwen2-72B-Instruct")}),
-    "qwen2_5": Family("qwen2_5_tokenizer", "", {
-        f"{s}B": (s.replace(".", "_").lower() + "b", f"Qwen/Qwen2.5-{s}B-Instruct")
-        for s in ("0.5", "1.5", "3", "7", "14", "32", "72")}),
-    "qwen3": Family("qwen3_tokenizer", "", {
-        f"{s}B": (s.replace(".", "_").lower() + "b", f"Qwen/Qwen3-{s}B")
-        for s in ("0.6", "1.7", "4", "8", "14", "32")}),
-    "mistral": Family("mistral_tokenizer", "tokenizer.model", {
-        "7B": ("7b", "mistralai/Mistral-7B-Instruct-v0.3")}),
-    "gemma": Family("gemma_tokenizer", "tokenizer.model", {
-        "2B": ("2b", "google/gemma-2b-it"), "7B": ("7b", "google/gemma-7b-it")}),
-    "gemma2": Family("gemma_tokenizer", "tokenizer.model", {
-        "2B": ("2b", "google/gemma-2-2b-it"), "9B": ("9b", "google/gemma-2-9b-it"),
-        "27B": ("27b", "google/gemma-2-27b-it")}),
-    "phi3": Family("phi3_mini_tokenizer", "tokenizer.model", {
-        "mini": ("mini", "microsoft/Phi-3-mini-4k-instruct")}),
-    "phi4": Family("phi4_tokenizer", "", {"14B": ("14b", "microsoft/phi-4")}),
-}
+# Each family module's FAMILY (tunelib/models/<family>.py) names its shipped configs:
+# label -> (builder size, Hub repo id), its tokenizer builder and the tokenizer file.
+FAMILIES = families()
 
 # Bytes of GPU memory per parameter, and what the method trains.
 METHODS = {
@@ -75,9 +41,17 @@ METHODS = {
     "qlora": (0.6, "LoRA adapters on attention and MLP; base weights frozen in NF4"),
     "adapter": (2.0, "LLaMA-Adapter v1 (gated prompts in the upper layers); bf16 base weights frozen"),
     "adapter_v2": (2.0, "LLaMA-Adapter v2 (gated prompts, per-channel scales and biases, norms); bf16 base weights frozen"),
+    "qat_full": (4.5, "every weight, trained through int8-activation/int4-weight fake quantization (QAT)"),
+    "qat_lora": (2.0, "LoRA adapters on attention and MLP over a frozen bf16 base fake-quantized to int8/int4 (QAT)"),
+    "lora_dpo": (2.0, "DPO with LoRA adapters on attention and MLP; the bf16 base with adapters off is the reference"),
+    "full_dpo": (6.5, "DPO of every weight; a frozen bf16 copy of the starting weights is the reference"),
 }
+# Preference (DPO) methods: the SFT method whose model and optimizer they start from.
+PREFERENCE = {"lora_dpo": "lora", "full_dpo": "full"}
 # The recipe that runs each method's configs.
-RECIPES = {"full": "full_finetune", "adapter": "adapter_finetune", "adapter_v2": "adapter_finetune"}
+RECIPES = {"full": "full_finetune", "adapter": "adapter_finetune", "adapter_v2": "adapter_finetune",
+           "qat_full": "qat", "qat_lora": "qat_lora_finetune", "lora_dpo": "lora_dpo", "full_dpo": "full_dpo"}
+GROUP_SIZES = (256, 128, 64, 32)  # QAT's int4 groups: torchtune's 256 where the model's sizes allow
 GPU_GIB, OVERHEAD_GIB = 80, 12
 
 
@@ -86,6 +60,25 @@ def parameter_count(family: str, size: str) -> int:
 
     builder = getattr(importlib.import_module(f"tunelib.models.{family}"), f"{family}_{size}")
     return sum(p.numel() for p in builder().parameters())
+
+
+@functools.cache
+def vocabulary(family: str, size: str) -> int:
+    import importlib
+
+    return getattr(importlib.import_module(f"tunelib.models.{family}"), f"{family}_{size}")().config.vocab_size
+
+
+@functools.cache
+def qat_groupsize(family: str, size: str) -> int:
+    """The largest int4 group size that divides the inputs of every linear inside the decoder layers."""
+    import importlib
+
+    from tunelib.quantization.qat import target_linears
+
+    model = getattr(importlib.import_module(f"tunelib.models.{family}"), f"{family}_{size}")()
+    inputs = {linear.in_features for linear in target_linears(model).values()}
+    return next(g for g in GROUP_SIZES if all(n % g == 0 for n in inputs))
 
 
 def gpus_needed(params: int, method: str) -> int:
@@ -97,7 +90,8 @@ def gpus_needed(params: int, method: str) -> int:
 def header(name: str, method: str, repo: str, folder: str, gpus: int) -> str:
     recipe = RECIPES.get(method, "lora_finetune")
     lines = [
-        f"# {repo.split('/')[1]}: {METHODS[method][1]}, on the Alpaca dataset (tunelib's own choices).",
+        f"# {repo.split('/')[1]}: {METHODS[method][1]}, on {DATA.get(method, 'the Alpaca dataset')} "
+        "(tunelib's own choices).",
         "#",
         f"#   tune download {repo} --output-dir {folder} --ignore-patterns \"original/consolidated*\"",
     ]
@@ -114,21 +108,23 @@ def header(name: str, method: str, repo: str, folder: str, gpus: int) -> str:
 
 
 def body(family: str, label: str, method: str, folder: str) -> str:
+    if method in PREFERENCE:
+        return preference_body(family, label, method, folder)
     fam = FAMILIES[family]
-    size, _ = fam.sizes[label]
-    path = "${checkpoint_dir}" + (f"/{fam.tokenizer_path}" if fam.tokenizer_path else "")
-    model = [f"  _component_: tunelib.models.{family}.{family}_{size}"]
+    size, _ = fam.configs[label]
+    path = "${checkpoint_dir}" + (f"/{fam.tokenizer_file}" if fam.tokenizer_file else "")
+    model = [f"  _component_: {fam.builder(size)}"]
     if method.startswith("adapter"):
         model += [f"  adapter: {'v2' if method == 'adapter_v2' else 'v1'}", "  adapter_prompt_length: 10",
                   "  adapter_start_layer: 2"]
-    elif method != "full":
+    elif not method.endswith("full"):
         model += ["  lora_attn_modules: [q_proj, v_proj, o_proj]", "  apply_lora_to_mlp: true",
                   "  apply_lora_to_output: false", "  lora_rank: 8", "  lora_alpha: 16", "  lora_dropout: 0.0"]
         if method == "dora":
             model.append("  use_dora: true")
         if method == "qlora":
             model.append("  quantize_base: true")
-    if method == "full":
+    if method.endswith("full"):
         optimizer = ["  _component_: torchao.optim.AdamW8bit", "  lr: 2e-5", "optimizer_in_bwd: true"]
         schedule, accumulation = [], 1
     elif method.startswith("adapter"):
@@ -168,6 +164,7 @@ def body(family: str, label: str, method: str, folder: str) -> str:
         "optimizer:", *optimizer,
         *schedule,
         "",
+        *(qat_lines(family, size) if method.startswith("qat") else []),
         "dtype: bf16",
         "enable_activation_checkpointing: true",
         "compile: false",
@@ -176,11 +173,81 @@ def body(family: str, label: str, method: str, folder: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+DATA = {m: "UltraFeedback's binarized preference pairs" for m in PREFERENCE}
+
+
+def preference_body(family: str, label: str, method: str, folder: str) -> str:
+    """A DPO config: the SFT method's model and memory settings, preference pairs, the DPO loss and
+    torchtune's DPO optimizer settings (AdamW, weight decay 0.05; lr 5e-4 for LoRA; 2e-5 for full
+    fine-tuning, halved here for the smaller batches)."""
+    sft = body(family, label, PREFERENCE[method], folder)
+    head, tail = sft[:sft.index("\ndataset:")], sft[sft.index("\ndtype: "):]
+    head = head.replace(f"/{PREFERENCE[method]}\n", f"/{method}\n", 1)
+    head = head.replace("  max_seq_len: 2048", "  max_seq_len: 1024")  # a pair is two sequences
+    lr = "5e-4" if method == "lora_dpo" else "1e-5"
+    middle = [
+        "", "dataset:", "  _component_: tunelib.data.preference_dataset",
+        "  source: trl-lib/ultrafeedback_binarized", "  split: train",
+        "seed: null", "batch_size: 2", "gradient_accumulation_steps: 8", "epochs: 1", "",
+        "optimizer:", "  _component_: torch.optim.AdamW", "  weight_decay: 0.05", f"  lr: {lr}",
+        "lr_scheduler:", "  _component_: tunelib.training.get_cosine_schedule_with_warmup", "  num_warmup_steps: 100",
+        "loss:", "  _component_: tunelib.training.DPOLoss", "  beta: 0.1", "",
+    ]
+    return head + "\n".join(middle) + tail
+
+
+def folder_of(repo: str) -> str:
+    """Where the header's `tune download` puts a model (torchtune's folder names, kept)."""
+    if repo.startswith("meta-llama/Llama-3.1-"):
+        return f"/tmp/Meta-{repo.split('/')[1]}"
+    return f"/tmp/{repo.split('/')[1]}"
+
+
+def distillation_configs(taken: set[str]) -> dict[Path, str]:
+    """`<teacher>_to_<student>_KD_lora` for each size of a family and the next larger one, named as
+    torchtune names its pairs (qwen2/1.5_to_0.5B_KD_lora_single_device)."""
+    out = {}
+    for family, fam in FAMILIES.items():
+        sizes = sorted(fam.configs, key=lambda label: parameter_count(family, fam.configs[label][0]))
+        for student, teacher in zip(sizes, sizes[1:]):
+            if vocabulary(family, fam.configs[student][0]) != vocabulary(family, fam.configs[teacher][0]):
+                continue  # e.g. Qwen2.5 7B pads its vocabulary beyond 3B's: distillation compares token by token
+            name = f"{family}/{teacher.removesuffix('B')}_to_{student}_KD_lora"
+            name += TUNELIB_SUFFIX if name in taken else ""
+            out[ROOT / f"{name}.yaml"] = distillation_config(family, name, student, teacher)
+    return out
+
+
+def distillation_config(family: str, name: str, student: str, teacher: str) -> str:
+    """Knowledge distillation into a LoRA student: torchtune's KD settings (forward KL, kd_ratio 0.5)."""
+    fam = FAMILIES[family]
+    (small, small_repo), (big, big_repo) = fam.configs[student], fam.configs[teacher]
+    gpus = gpus_needed(parameter_count(family, small), "lora") + gpus_needed(parameter_count(family, big), "lora") - 1
+    head = header(name, "lora", small_repo, folder_of(small_repo), gpus).splitlines()
+    head[0] = (f"# {small_repo.split('/')[1]} learns from {big_repo.split('/')[1]}: knowledge distillation into LoRA "
+               "adapters, on the Alpaca dataset (tunelib's own choices).")
+    head.insert(3, f"#   tune download {big_repo} --output-dir {folder_of(big_repo)} --ignore-patterns "
+                   "\"original/consolidated*\"")
+    head = "\n".join(line.replace("lora_finetune", "knowledge_distillation") for line in head) + "\n"
+    text = body(family, student, "lora", folder_of(small_repo)).replace("/lora\n", "/KD_lora\n", 1)
+    cut = text.index("\ndtype: ")
+    teacher_lines = ["teacher_model:", f"  _component_: {fam.builder(big)}",
+                     f"teacher_checkpoint_dir: {folder_of(big_repo)}",
+                     "kd_loss:", "  _component_: tunelib.training.ForwardKLLoss", "kd_ratio: 0.5", ""]
+    return head + "\n" + text[:cut] + "\n" + "\n".join(teacher_lines) + text[cut:]
+
+
+def qat_lines(family: str, size: str) -> list[str]:
+    """The quantizer a QAT config trains against (and `tune run quantize` is then given)."""
+    return ["quantizer:", "  _component_: tunelib.quantization.Int8DynActInt4WeightQATQuantizer",
+            f"  groupsize: {qat_groupsize(family, size)}", ""]
+
+
 def configs() -> dict[Path, str]:
     """Every shipped config: path -> text."""
     out, taken = {}, torchtune_names()
     for family, fam in FAMILIES.items():
-        for label, (size, repo) in fam.sizes.items():
+        for label, (size, repo) in fam.configs.items():
             folder = f"/tmp/{repo.split('/')[1]}"
             if repo.startswith("meta-llama/Llama-3.1-"):
                 folder = f"/tmp/Meta-{repo.split('/')[1]}"  # torchtune's folder name, kept
@@ -190,7 +257,7 @@ def configs() -> dict[Path, str]:
                 name += TUNELIB_SUFFIX if name in taken else ""
                 text = header(name, method, repo, folder, gpus_needed(params, method))
                 out[ROOT / f"{name}.yaml"] = text + "\n" + body(family, label, method, folder)
-    return {**out, **torchtune_configs()}
+    return {**out, **distillation_configs(taken), **torchtune_configs()}
 
 
 TUNELIB_SUFFIX = "_tunelib"
@@ -246,9 +313,17 @@ def tunelib_builder(entry: dict) -> tuple[str, list[str]]:
     family = name.rsplit("_", 1)[0]
     if family == "mistral" and "v0.1" in entry["checkpoint_dir"]:
         name = "mistral_7b_v0_1"
-    if family not in FAMILIES:
-        return "tunelib.models.from_hf_config", extra  # code_llama2: Llama 2 layers, read from config.json
+    if family not in FAMILIES or name == family:
+        # code_llama2: Llama 2 layers; a family's generic builder (TinyLlama's llama2 with its sizes
+        # written out): both read from config.json.
+        return "tunelib.models.from_hf_config", extra
     return f"tunelib.models.{family}.{name}", extra
+
+
+def adapter_key(key: str) -> bool:
+    """Whether a model node key is one of the adapter keys every tunelib builder takes (the rest of a
+    generic builder's keys are sizes, which config.json holds)."""
+    return key.startswith(("lora_", "apply_lora_")) or key in ("use_dora", "quantize_base")
 
 
 def translate(node: str, key: str, value):
@@ -259,6 +334,12 @@ def translate(node: str, key: str, value):
         return "tunelib.data." + value.rsplit(".", 1)[1]
     if key == "_component_" and value.startswith("torchtune.training.lr_schedulers."):
         return "tunelib.training." + value.rsplit(".", 1)[1]
+    if key == "_component_" and value.startswith("torchtune.training.quantization."):
+        return "tunelib.quantization." + value.rsplit(".", 1)[1].removesuffix("ModuleSwap")
+    if key == "_component_" and node in ("loss", "kd_loss") and value.startswith("torchtune."):
+        return equivalent(value).path  # torchtune.rlhf.loss.DPOLoss -> tunelib.training.DPOLoss
+    if key == "_component_" and node == "teacher_model":
+        return tunelib_builder({"model": value.rsplit(".", 1)[1], "checkpoint_dir": ""})[0]
     if key == "lora_attn_modules":
         return ["o_proj" if m == "output_proj" else m for m in value]
     return value
@@ -292,6 +373,7 @@ def torchtune_header(name: str, entry: dict) -> str:
              f"# and the same {same} (docs/configs.md).", "#"]
     if entry["download"]:
         lines.append(f"#   tune download {entry['download']} --output-dir {folder}")
+    lines += [f"#   tune download {line.strip()}" for line in entry.get("downloads", [])]
     lines.append(f"#   tune run {recipe} --config {name}")
     return "\n".join(lines) + "\n"
 
@@ -305,6 +387,8 @@ def torchtune_body(entry: dict) -> str:
     if entry["recipe"] == "eleuther_eval":  # lm-eval writes no output_dir: output_path says where, if anywhere
         return "\n".join(lines[1:] + [f"{k}: {yaml_value(settings[k])}" for k in top]) + "\n"
     builder, extra = tunelib_builder(entry)
+    if builder == "tunelib.models.from_hf_config":
+        settings = {k: v for k, v in settings.items() if not k.startswith("model.") or adapter_key(k[6:])}
     rel = entry["tokenizer_path"].removeprefix(folder).strip("/")
     tok_path = "${checkpoint_dir}" + (f"/{rel}" if rel.endswith(".model") else "")
     lines += [*node_lines("model", {**settings, "model._component_": builder}, extra),
@@ -312,7 +396,7 @@ def torchtune_body(entry: dict) -> str:
               f"  max_seq_len: {yaml_value(settings.get('tokenizer.max_seq_len'))}",
               "checkpointer:", "  _component_: tunelib.training.HFCheckpointer",
               "  checkpoint_dir: ${checkpoint_dir}", "  output_dir: ${output_dir}", ""]
-    for node in ("dataset", "dataset_val", "optimizer", "lr_scheduler"):
+    for node in ("dataset", "dataset_val", "optimizer", "lr_scheduler", "quantizer", "loss", "kd_loss", "teacher_model"):
         if f"{node}._component_" in settings:
             lines += node_lines(node, settings)
     return "\n".join(lines + ["", *(f"{k}: {yaml_value(settings[k])}" for k in top)]) + "\n"

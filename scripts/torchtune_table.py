@@ -28,7 +28,9 @@ from support.torchtune_wheel import config_names  # noqa: E402 - torchtune's reg
 NAMES_FILE = REPO / "recipes/data/torchtune_config_names.json"  # read by tunelib/registry.py
 # torchtune recipes tunelib has under the same name.
 RECIPES = {"full_finetune_single_device", "full_finetune_distributed", "lora_finetune_single_device",
-           "lora_finetune_distributed", "eleuther_eval"}
+           "lora_finetune_distributed", "eleuther_eval", "qat_single_device", "qat_distributed",
+           "qat_lora_finetune_distributed", "lora_dpo_single_device", "lora_dpo_distributed", "full_dpo_distributed",
+           "knowledge_distillation_single_device", "knowledge_distillation_distributed"}
 # Top-level keys that carry training behaviour; the rest (device, logging, profiler, paths)
 # are translated or set by tunelib itself.
 SETTINGS = {"seed", "shuffle", "batch_size", "epochs", "max_steps_per_epoch", "gradient_accumulation_steps",
@@ -36,8 +38,13 @@ SETTINGS = {"seed", "shuffle", "batch_size", "epochs", "max_steps_per_epoch", "g
             "enable_activation_offloading", "optimizer_in_bwd", "fsdp_cpu_offload", "save_adapter_weights_only",
             "log_every_n_steps", "log_peak_memory_stats", "resume_from_checkpoint", "run_val_every_n_steps",
             "batch_size_val", "data_parallel_shard_dim", "data_parallel_replicate_dim",
-            "tasks", "limit", "max_seq_length"}
-NODES = ("model", "dataset", "dataset_val", "optimizer", "lr_scheduler")
+            "tasks", "limit", "max_seq_length", "fake_quant_after_n_steps", "kd_ratio"}
+NODES = ("model", "dataset", "dataset_val", "optimizer", "lr_scheduler", "quantizer", "loss", "kd_loss", "teacher_model")
+# Recipes whose `loss` is their objective's choice (DPO's loss, distillation's cross-entropy).
+OBJECTIVE_RECIPES = {"lora_dpo_single_device", "lora_dpo_distributed", "full_dpo_distributed",
+                     "knowledge_distillation_single_device", "knowledge_distillation_distributed"}
+# Nodes whose only setting tunelib reads is a folder: DPO's reference and distillation's teacher.
+FOLDERS = {"ref_checkpointer": "reference_checkpoint_dir", "teacher_checkpointer": "teacher_checkpoint_dir"}
 
 
 def unsupported(name: str, recipe: str, raw: dict | None) -> bool:
@@ -50,9 +57,14 @@ def entry(name: str, recipe: str, raw: dict, version: str, text: str) -> dict:
     """The values tunelib's config for `name` must carry, in torchtune's keys."""
     settings = {k: raw[k] for k in SETTINGS if k in raw}
     for node in NODES:
+        if node == "loss" and recipe not in OBJECTIVE_RECIPES:
+            continue  # SFT's loss is tunelib's default cross-entropy, whichever torchtune names
         for key, value in (raw.get(node) or {}).items():
             if not (node == "model" and key == "_component_"):
                 settings[f"{node}.{key}"] = value
+    for node, key in FOLDERS.items():
+        if (raw.get(node) or {}).get("checkpoint_dir"):
+            settings[key] = str(raw[node]["checkpoint_dir"]).rstrip("/")
     if "max_seq_len" in (raw.get("tokenizer") or {}):
         settings["tokenizer.max_seq_len"] = raw["tokenizer"]["max_seq_len"]
     ckpt = raw.get("checkpointer") or {}
@@ -60,6 +72,7 @@ def entry(name: str, recipe: str, raw: dict, version: str, text: str) -> dict:
     return {
         "version": version,
         "download": (re.findall(r"tune download (\S+)", text) or [""])[0],
+        "downloads": re.findall(r"tune download (.+)$", text, flags=re.M)[1:],  # a teacher's, a reference's
         "recipe": recipe,
         "model": str((raw.get("model") or {}).get("_component_", "")).rsplit(".", 1)[-1],
         "checkpoint_dir": str(ckpt.get("checkpoint_dir") or raw.get("checkpoint_dir") or "").rstrip("/"),

@@ -15,8 +15,9 @@ from pathlib import Path
 
 TUNELIB = Path(__file__).resolve().parents[1] / "tunelib"
 
-# package -> the tunelib packages it may import (errors, dtensors and hub are leaves anyone may use).
-LEAVES = {"errors", "dtensors", "hub", "__version__"}
+# package -> the tunelib packages it may import (errors, dtensors, hub and families are leaves anyone
+# may use; families reads the family modules' FAMILY literals from their source, importing nothing).
+LEAVES = {"errors", "dtensors", "hub", "families", "__version__"}
 ALLOWED = {
     "models": set(),
     "tokenizers": set(),
@@ -29,6 +30,7 @@ ALLOWED = {
     "training": {"config", "data", "peft", "quantization", "checkpoint", "models", "tokenizers"},
     "generation": {"peft", "quantization", "checkpoint", "models", "tokenizers"},
     "experiments": set(),
+    "export": {"peft", "checkpoint", "models"},
 }
 LATE_IMPORTS_ALLOWED = {"cli", "config"}
 

@@ -21,7 +21,9 @@ from tunelib.training import HFCheckpointer
 from tunelib.config.schema import setting
 from tunelib.training import train
 from tunelib.training.settings import LoRASettings
+from tunelib.training.objective_setup import next_token
 from tunelib.training.setup import build_run
+from tunelib.training.trained import FULL, LORA, Recipe
 
 NAMES = ("memory_benchmark",)
 
@@ -74,7 +76,8 @@ def _measure_weight_loading(phases: dict) -> None:
 def main(cfg) -> int:
     phases = {"before_load": current_gib()}
     _measure_weight_loading(phases)
-    built = build_run(cfg, method=cfg.method)  # "load" includes the imports, as a user's process does
+    recipe = Recipe(f"{cfg.method}_finetune", trains=LORA if cfg.method == "lora" else FULL, objective=next_token)
+    built = build_run(cfg, recipe)  # "load" includes the imports, as a user's process does
     phases["load"] = peak_gib()
     reset_peak()
     save = built.run.save

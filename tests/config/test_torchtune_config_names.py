@@ -21,7 +21,7 @@ OPTIMIZERS = {"torch.optim.AdamW": "torch.optim.AdamW", "bitsandbytes.optim.Page
 TOP = ("batch_size", "gradient_accumulation_steps", "epochs", "max_steps_per_epoch", "seed", "shuffle",
        "clip_grad_norm", "compile", "dtype", "enable_activation_checkpointing", "enable_activation_offloading",
        "optimizer_in_bwd", "fsdp_cpu_offload", "save_adapter_weights_only", "run_val_every_n_steps",
-       "tasks", "limit", "max_seq_length")
+       "tasks", "limit", "max_seq_length", "fake_quant_after_n_steps")
 LORA = ("lora_rank", "lora_alpha", "lora_dropout", "apply_lora_to_mlp", "apply_lora_to_output", "use_dora")
 # What tunelib means when it leaves a key out: LoRA never steps in backward.
 ABSENT = {"optimizer_in_bwd": False}
@@ -62,9 +62,9 @@ def training(cfg: dict) -> dict:
         out["model.lora_attn_modules"] = ["o_proj" if m == "output_proj" else m for m in model["lora_attn_modules"]]
     if "tokenizer" in cfg:
         out["tokenizer.max_seq_len"] = cfg["tokenizer"].get("max_seq_len")
-    for node in ("dataset", "dataset_val", "lr_scheduler"):
+    for node in ("dataset", "dataset_val", "lr_scheduler", "quantizer"):
         for key, value in (cfg.get(node) or {}).items():
-            out[f"{node}.{key}"] = value.rsplit(".", 1)[-1] if key == "_component_" else value
+            out[f"{node}.{key}"] = value.rsplit(".", 1)[-1].removesuffix("ModuleSwap") if key == "_component_" else value
     optimizer = dict(cfg.get("optimizer") or {})
     if optimizer:
         optimizer["_component_"] = OPTIMIZERS.get(optimizer["_component_"], optimizer["_component_"])
@@ -84,7 +84,7 @@ def differences(name: str, torchtune_file) -> list[str]:
 
 
 def _unsupported(name: str) -> bool:
-    return any(p in name for p in ("vision", "llama4/", "dev/", "dpo", "ppo", "_qat", "_KD_", "generation_v2",
+    return any(p in name for p in ("vision", "llama4/", "dev/", "ppo", "generation_v2",
                                    "generation_distributed", "early_exit"))
 
 
@@ -102,7 +102,7 @@ def test_every_torchtune_name_carries_torchtune_values(torchtune):
 
 
 def test_torchtune_names_tunelib_cannot_run_say_so_in_one_line(torchtune, tune, tmp_path):
-    """Vision, Llama 4, dev/, DPO, PPO, QAT and KD names: `tune run` and `tune cp` say what is missing."""
+    """Vision, Llama 4, dev/ and PPO names: `tune run` and `tune cp` say what is missing."""
     lacking = {n: r for n, (r, _) in torchtune.items() if _unsupported(n)}
     assert lacking
     for name, recipe in lacking.items():

@@ -10,9 +10,8 @@ from support.torchtune_wheel import config_names, torchtune_release
 # What a refusal may say: each names something tunelib does not have, or a missing package.
 REASONS = ("is a torchtune recipe", "needs bitsandbytes", "vision", "FullModelMetaCheckpointer",
            "tensor_parallel", "unknown key 'fsdp'", "collate_fn", "Llama 4")
-# Not yet: torchtune's quantization.yaml (its quantizer node is not mapped onto `tune run quantize`'s
-# settings). And torchtune's registry names a file its own wheel lacks (dev/7B_full_early_exit.yaml).
-KNOWN_GAPS = {"quantization", "llama2/7B_full_early_exit"}
+# Not yet: torchtune's registry names a file its own wheel lacks (dev/7B_full_early_exit.yaml).
+KNOWN_GAPS = {"llama2/7B_full_early_exit"}
 
 
 @pytest.mark.slow
@@ -30,5 +29,6 @@ def test_every_torchtune_file_validates_or_says_why_in_one_line(tune):
     assert not unexplained, unexplained
     # Every training, generation and evaluation file of a recipe tunelib has, bar those reasons (95 of 156).
     assert len(validated) >= 95, len(validated)
-    assert {"generation", "eleuther_evaluation", "llama3_2/evaluation", "llama3_1/8B_lora_single_device",
+    assert {"generation", "eleuther_evaluation", "quantization", "llama3_2/1B_qat_lora", "llama3_2/evaluation",
+            "llama3_1/8B_lora_single_device",
             "llama3_2/1B_lora_single_device", "llama3_2/1B_full", "qwen2_5/7B_lora_single_device"} <= set(validated)

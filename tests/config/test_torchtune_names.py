@@ -63,10 +63,10 @@ def test_torchtune_argument_names_are_renamed():
 @pytest.mark.parametrize("path, says", [
     ("torchtune.models.llama3_2_vision.lora_llama3_2_vision_11b", "llama3_2.lora_llama3_2_3b"),
     ("torchtune.models.llama4.llama4_scout_17b_16e", "Llama 3.x"),
-    ("torchtune.training.quantization.Int8DynActInt4WeightQATQuantizer", "tune run quantize"),
+    ("torchtune.training.quantization.Int8MixedPrecisionTrainingQuantizer", "Int8DynActInt4WeightQATQuantizer"),
     ("torchtune.training.FullModelMetaCheckpointer", "FullModelHFCheckpointer"),
     ("torchtune.models.mistral._component_builders.mistral_classifier", "reward"),
-    ("torchtune.rlhf.loss.DPOLoss", "DPO"),
+    ("torchtune.rlhf.loss.PPOLoss", "PPO"),
 ])
 def test_no_equivalent_is_one_line_saying_what_to_use(path, says):
     with pytest.raises(ConfigError) as e:

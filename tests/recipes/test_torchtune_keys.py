@@ -141,8 +141,8 @@ def test_the_same_file_validates(tune, config):
      "profiler: none of the asked activities (cpu, cuda, xpu) exists on this machine"),
     ({"log_level: INFO": "log_level: LOUD"}, "log_level"),
     ({"_component_: torchtune.modules.loss.CEWithChunkedOutputLoss":
-      "_component_: torchtune.modules.loss.ForwardKLWithChunkedOutputLoss"},
-     "torchtune.modules.loss.ForwardKLWithChunkedOutputLoss is not supported: knowledge distillation"),
+      "_component_: torchtune.rlhf.loss.PPOLoss"},
+     "torchtune.rlhf.loss.PPOLoss is not supported: PPO"),
 ])
 def test_what_torchtune_keys_say_is_checked_in_one_line(tune, config, lines, says):
     code, out, err = tune("validate", config(**lines), "--recipe", RECIPE)

@@ -17,11 +17,11 @@ from pathlib import Path
 from support.data import write_rows
 from support.models import make_hf_model_folder
 from support.tokenizers import write_tokenizer
+from tunelib.families import families
 
-# Tokenizer family of each model family (see support/tokenizers.py for their vocab sizes).
-TOKENIZER = {"llama2": "llama2", "llama3": "llama3", "llama3_1": "llama3", "llama3_2": "llama3", "llama3_3": "llama3",
-             "qwen2": "qwen2", "qwen2_5": "qwen2_5", "qwen3": "qwen3", "mistral": "mistral", "gemma": "gemma",
-             "gemma2": "gemma", "phi3": "phi3", "phi4": "phi4"}
+# Tokenizer family of each model family: its built-in chat format, as its FAMILY says (the tiny
+# tokenizers of support/tokenizers.py are named the same; see there for their vocab sizes).
+TOKENIZER = {name: family.chat_format for name, family in families().items()}
 
 ROWS = [
     {"instruction": "Add the two numbers.", "input": "3 and 4", "output": "7"},

@@ -56,10 +56,39 @@ _ONE_TO_ONE = {
     "torchtune.training.metric_logging.TensorBoardLogger": "tunelib.training.TensorBoardLogger",
     "torchtune.training.metric_logging.WandBLogger": "tunelib.training.WandBLogger",
     "torchtune.training.setup_torch_profiler": "tunelib.training.setup_torch_profiler",
+    # Preference losses: torchtune 0.6.1 has DPOLoss and RSOLoss (the hinge loss, `gamma` as ours);
+    # SimPOLoss (0.3 to 0.5) and IPOLoss (before 0.3.1; it summed log-probs, ours averages them per token
+    # as TRL does) were removed there but old configs name them.
+    "torchtune.rlhf.loss.DPOLoss": "tunelib.training.DPOLoss",
+    "torchtune.rlhf.loss.RSOLoss": "tunelib.training.HingeLoss",
+    "torchtune.rlhf.loss.SimPOLoss": "tunelib.training.SimPOLoss",
+    "torchtune.rlhf.loss.IPOLoss": "tunelib.training.IPOLoss",
+    # Distillation losses: ours always work in chunks (num_output_chunks), and report true KL (see
+    # tunelib.training.distillation_loss: forward KL differs from torchtune's by the teacher's entropy).
+    "torchtune.modules.loss.ForwardKLLoss": "tunelib.training.ForwardKLLoss",
+    "torchtune.modules.loss.ForwardKLWithChunkedOutputLoss": "tunelib.training.ForwardKLLoss",
+    "torchtune.modules.loss.ReverseKLLoss": "tunelib.training.ReverseKLLoss",
+    "torchtune.modules.loss.ReverseKLWithChunkedOutputLoss": "tunelib.training.ReverseKLLoss",
+    # Quantizers (QAT recipes, `tune run quantize`); the ModuleSwap names are torchao's old aliases.
+    "torchtune.training.quantization.Int8DynActInt4WeightQATQuantizer":
+        "tunelib.quantization.Int8DynActInt4WeightQATQuantizer",
+    "torchtune.training.quantization.Int8DynActInt4WeightQATQuantizerModuleSwap":
+        "tunelib.quantization.Int8DynActInt4WeightQATQuantizer",
+    "torchtune.training.quantization.Int8DynActInt4WeightQuantizer": "tunelib.quantization.Int8DynActInt4WeightQuantizer",
+    "torchtune.training.quantization.Int4WeightOnlyQATQuantizer": "tunelib.quantization.Int4WeightOnlyQATQuantizer",
+    "torchtune.training.quantization.Int4WeightOnlyQATQuantizerModuleSwap":
+        "tunelib.quantization.Int4WeightOnlyQATQuantizer",
+    "torchtune.training.quantization.Int4WeightOnlyQuantizer": "tunelib.quantization.Int4WeightOnlyQuantizer",
+}
+# torchtune paths whose tunelib equivalent spells an argument differently: path -> (ours, renames).
+_RENAMED = {
+    "torchtune.modules.loss.SymmetricKLLoss": ("tunelib.training.SymmetricKLLoss", {"sym_kd_ratio": "sym_kl_ratio"}),
+    "torchtune.modules.loss.SymmetricKLWithChunkedOutputLoss": ("tunelib.training.SymmetricKLLoss",
+                                                                {"sym_kd_ratio": "sym_kl_ratio"}),
 }
 # torchtune.datasets.<name> -> tunelib.data.<name>: the builders both have, with the same arguments.
 _DATASETS = ("alpaca_dataset", "alpaca_cleaned_dataset", "text_completion_dataset", "chat_dataset",
-             "instruct_dataset")
+             "instruct_dataset", "preference_dataset", "stack_exchange_paired_dataset", "hh_rlhf_helpful_dataset")
 # Models torchtune has that tunelib builds from the folder's config.json (no named sizes of their own).
 _FROM_FOLDER = {"code_llama2": ("7b", "13b", "70b")}
 # Families whose torchtune builders also come as <name>_base and <name>_instruct.
@@ -80,9 +109,6 @@ UNSUPPORTED = {
     "torchtune.models.clip": "vision encoders are not supported; tunelib fine-tunes text decoders",
     "torchtune.models.flux": "image models are not supported; tunelib fine-tunes text decoders",
     "torchtune.models.t5": "encoder-decoder models are not supported; tunelib fine-tunes text decoders",
-    "torchtune.models.gemma3": "Gemma 3 is not supported yet; use torchtune.models.gemma2.lora_gemma2_9b",
-    "torchtune.models.qwen3.qwen3_moe": "Qwen3 mixture-of-experts models are not supported; use a dense Qwen3, "
-                                        "e.g. torchtune.models.qwen3.lora_qwen3_8b_instruct",
     "torchtune.models.mistral._component_builders.mistral_classifier": "reward (classifier) models are not "
                                                                        "supported; PPO is not a tunelib recipe",
     "torchtune.models.mistral.mistral_reward": "reward models are not supported; PPO is not a tunelib recipe",
@@ -92,8 +118,9 @@ UNSUPPORTED = {
     "torchtune.models.llama4.decoder_only_tp_plan": "tensor parallelism is not supported; distributed runs shard with FSDP2",
     "torchtune.datasets.multimodal": "multimodal datasets are not supported; use a text dataset such as "
                                      "torchtune.datasets.alpaca_cleaned_dataset",
-    "torchtune.training.quantization": "torchtune's quantizers (QAT included) are not supported yet; train with "
-                                       "LoRA or full fine-tuning, then `tune run quantize`",
+    "torchtune.training.quantization": "tunelib has torchtune's int8-activation/int4-weight and int4 weight-only "
+                                       "quantizers only: torchtune.training.quantization."
+                                       "Int8DynActInt4WeightQATQuantizer or Int4WeightOnlyQATQuantizer",
     "torchtune.training.FullModelMetaCheckpointer": "Meta-format checkpoints (original/consolidated.00.pth) are "
                                                     "not read; use torchtune.training.FullModelHFCheckpointer with "
                                                     "checkpoint_dir the Hugging Face folder above original/ "
@@ -107,14 +134,9 @@ UNSUPPORTED = {
                                                      "torchtune.training.metric_logging.WandBLogger or TensorBoardLogger",
     "torchtune.training.metric_logging.MLFlowLogger": "MLflow is not supported; use "
                                                       "torchtune.training.metric_logging.WandBLogger or TensorBoardLogger",
-    "torchtune.rlhf": "DPO and PPO are not tunelib recipes yet; use lora_finetune_single_device on instruction data",
-    "torchtune.modules.loss.ForwardKLWithChunkedOutputLoss": "knowledge distillation is not a tunelib recipe yet",
-    "torchtune.modules.loss.ReverseKLWithChunkedOutputLoss": "knowledge distillation is not a tunelib recipe yet",
-    "torchtune.modules.loss.SymmetricKLWithChunkedOutputLoss": "knowledge distillation is not a tunelib recipe yet",
-    "torchtune.modules.loss.ForwardKLLoss": "knowledge distillation is not a tunelib recipe yet",
-    "torchtune.datasets.stack_exchange_paired_dataset": "preference (DPO) data is not used by any tunelib recipe yet",
-    "torchtune.datasets.preference_dataset": "preference (DPO) data is not used by any tunelib recipe yet",
-    "torchtune.datasets.hh_rlhf_helpful_dataset": "preference (DPO) data is not used by any tunelib recipe yet",
+    "torchtune.rlhf": "PPO and GRPO are not tunelib recipes; preference tuning is DPO (lora_dpo_single_device) "
+                      "with loss torchtune.rlhf.loss.DPOLoss or tunelib.training.DPOLoss, IPOLoss, HingeLoss, "
+                      "SimPOLoss, ORPOLoss",
 }
 
 
@@ -179,10 +201,15 @@ def trusted_module(path: str) -> str | None:
 def table() -> dict[str, Equivalent]:
     """Every torchtune path tunelib understands -> its equivalent."""
     rows = {path: Equivalent(ours) for path, ours in _ONE_TO_ONE.items()}
+    rows.update({path: Equivalent(ours, renamed=dict(renames)) for path, (ours, renames) in _RENAMED.items()})
     rows.update({f"torchtune.datasets.{name}": Equivalent(f"tunelib.data.{name}") for name in _DATASETS})
     rows.update(_model_rows())
     rows.update(_tokenizer_rows())
     return rows
+
+
+# tunelib families whose builders torchtune keeps in another family's package.
+_TORCHTUNE_PACKAGE = {"qwen3_moe": "qwen3"}
 
 
 def _model_rows() -> dict[str, Equivalent]:
@@ -190,7 +217,7 @@ def _model_rows() -> dict[str, Equivalent]:
     registry = importlib.import_module("tunelib.models.registry")
     rows: dict[str, Equivalent] = {}
     for name, builder in registry.builders().items():
-        family = builder.__module__.rsplit(".", 1)[1]
+        family = _TORCHTUNE_PACKAGE.get(builder.__module__.rsplit(".", 1)[1], builder.__module__.rsplit(".", 1)[1])
         variants = [name] + ([f"{name}_base", f"{name}_instruct"] if family in _BASE_AND_INSTRUCT else [])
         for variant in variants:
             rows.update(_three_builders(family, variant, f"{builder.__module__}.{name}"))

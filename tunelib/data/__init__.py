@@ -19,12 +19,18 @@ from tunelib.data.builders import (
     text_completion_dataset,
 )
 from tunelib.data.checks import check_token_ids
-from tunelib.data.collate import collate
+from tunelib.data.collate import collate, collate_pairs
 from tunelib.data.labels import IGNORE_INDEX, shift_labels
 from tunelib.data.loader import Loader, build_loader
 from tunelib.data.messages import Message, openai_to_messages, sharegpt_to_messages
 from tunelib.data.mixing import ConcatDataset, MixedDataset, combine
 from tunelib.data.packing import PackedDataset
+from tunelib.data.pairs import PreferenceDataset
+from tunelib.data.preference import (
+    hh_rlhf_helpful_dataset,
+    preference_dataset,
+    stack_exchange_paired_dataset,
+)
 from tunelib.data.preview import preview
 from tunelib.data.prompts import alpaca_prompt
 from tunelib.data.summary import DataSummary
@@ -32,8 +38,8 @@ from tunelib.data.tokenized import TokenizedDataset
 
 __all__ = [
     "IGNORE_INDEX", "ConcatDataset", "DataSummary", "Loader", "Message", "MixedDataset",
-    "PackedDataset", "TokenizedDataset", "alpaca_cleaned_dataset", "alpaca_dataset", "alpaca_prompt", "build_loader",
-    "chat_dataset", "check_token_ids", "collate", "combine", "instruct_dataset",
-    "openai_to_messages", "preview", "sharegpt_to_messages", "shift_labels",
-    "text_completion_dataset",
+    "PackedDataset", "PreferenceDataset", "TokenizedDataset", "alpaca_cleaned_dataset", "alpaca_dataset",
+    "alpaca_prompt", "build_loader", "chat_dataset", "check_token_ids", "collate", "collate_pairs", "combine",
+    "hh_rlhf_helpful_dataset", "instruct_dataset", "openai_to_messages", "preference_dataset", "preview",
+    "sharegpt_to_messages", "shift_labels", "stack_exchange_paired_dataset", "text_completion_dataset",
 ]

@@ -48,3 +48,20 @@ def collate(samples: list[dict], *, pad_id: int = 0, pad_to: int | None = None,
             batch["document_ids"][row, :n] = documents
             batch["document_ids"][row, n:] = (int(documents.max()) + 1) if n else 0
     return batch
+
+
+def collate_pairs(samples: list[dict], *, pad_id: int = 0, pad_to: int | None = None,
+                  pad_to_multiple_of: int = 1) -> dict[str, torch.Tensor]:
+    """Stack B preference pairs into one batch of 2B rows, so a pair goes through the model together.
+
+    Rows 0..B-1 are the chosen sides and rows B..2B-1 the rejected ones, in the same order
+    (row i and row B + i are one pair). Padding, position_ids and num_tokens are `collate`'s,
+    with the same arguments; labels are -100 on the prompt and on padding. Samples numbered by the
+    loader (`sample_index`) give `pair_index` (B,), their indices in the dataset.
+    """
+    rows = [{"tokens": s[f"{side}_tokens"], "labels": s[f"{side}_labels"]}
+            for side in ("chosen", "rejected") for s in samples]
+    batch = collate(rows, pad_id=pad_id, pad_to=pad_to, pad_to_multiple_of=pad_to_multiple_of)
+    if all("sample_index" in s for s in samples):  # the loader numbers them: pair_index, (B,)
+        batch["pair_index"] = torch.tensor([s["sample_index"] for s in samples], dtype=torch.long)
+    return batch

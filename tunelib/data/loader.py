@@ -34,6 +34,20 @@ class _Batches(torch.utils.data.Sampler):
         return len(self.loader) - self.start
 
 
+class _Numbered(torch.utils.data.Dataset):
+    """`dataset`, each item with its index as `sample_index` (work kept per sample, such as DPO's
+    precomputed reference log-probs, is looked up by it)."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int) -> dict:
+        return {**self.dataset[i], "sample_index": i}
+
+
 class Loader:
     """Batches of one rank; see `build_loader`."""
 
@@ -49,8 +63,11 @@ class Loader:
         self.drop_last = drop_last
         self.num_workers = num_workers
         self.pin_memory = pin_memory
-        self._collate = functools.partial(collate, pad_id=pad_id, pad_to=pad_to,
-                                          pad_to_multiple_of=pad_to_multiple_of)
+        # A dataset may bring its own collate (preference pairs make 2B rows), same keywords; its
+        # items then carry their index, so a batch says which samples it holds (`sample_index`).
+        self._items = _Numbered(dataset) if getattr(dataset, "collate", None) else dataset
+        self._collate = functools.partial(getattr(dataset, "collate", None) or collate, pad_id=pad_id,
+                                          pad_to=pad_to, pad_to_multiple_of=pad_to_multiple_of)
         self._epoch = 0
         self._done = 0        # batches of the current epoch handed out
         self._resumed = False  # state was loaded and the epoch not yet restarted
@@ -125,6 +142,11 @@ class Loader:
         """The sample indices of this rank's batch `b` of `epoch`."""
         return self._batch(self.epoch_order(epoch), b)
 
+    def collate_items(self, indices: list[int]) -> dict[str, torch.Tensor]:
+        """The CPU batch of the dataset's items `indices`, collated as training batches are (for
+        work done once over the data, such as DPO's precomputed reference log-probs)."""
+        return self._collate([self._items[i] for i in indices])
+
     # -- iteration ------------------------------------------------------------------------------
 
     def __iter__(self):
@@ -137,7 +159,7 @@ class Loader:
         # same whether an epoch starts here or a resumed run re-enters it halfway.
         generator = torch.Generator().manual_seed(hash((self.seed, self._epoch, self.rank)) % 2**62)
         batches = torch.utils.data.DataLoader(
-            self.dataset, batch_sampler=sampler, collate_fn=self._collate,
+            self._items, batch_sampler=sampler, collate_fn=self._collate,
             num_workers=self.num_workers, pin_memory=self.pin_memory, generator=generator,
         )
         for batch in batches:
@@ -167,7 +189,8 @@ def build_loader(
     pin_memory: bool = False,
 ) -> Loader:
     """Batches of `dataset` for one rank, as dicts of (B, T) int64 tensors: input_ids, labels,
-    position_ids, and document_ids when packed.
+    position_ids, and document_ids when packed. A dataset with a `collate` attribute makes its
+    own batches with it (preference pairs: 2B rows, see `collate_pairs`).
 
     `batch_size`: samples per batch on this rank. `shuffle`, `seed`: the order of each epoch
     is a seeded permutation of (seed, epoch), identical on every rank and every run.
@@ -186,6 +209,9 @@ def build_loader(
         raise DataError(f"batch_size={batch_size}; use a positive number")
     if world_size < 1 or not 0 <= rank < world_size:
         raise DataError(f"rank {rank} is not in 0..{world_size - 1} (world_size={world_size})")
+    if packed and getattr(dataset, "collate", None) is not None:
+        raise DataError("packed=True: this dataset makes its own batches (preference pairs), which cannot be "
+                        "packed; remove packed")
     if packed and not getattr(dataset, "packed", False):
         from tunelib.data.packing import PackedDataset
 

@@ -24,6 +24,7 @@ class ConcatDataset:
 
     def __init__(self, datasets: list):
         self.datasets = list(datasets)
+        self.collate = _one_collate(self.datasets)
         sizes = [len(d) for d in self.datasets]
         self._offsets = np.cumsum([0, *sizes])
         first = self.datasets[0]
@@ -94,6 +95,22 @@ class MixedDataset(ConcatDataset):
         return super().__getitem__(int(self._index[i]))
 
 
+def _one_collate(datasets: list):
+    """The `collate` every dataset brings (None: the loader's own). Raises DataError when they differ:
+    preference pairs and SFT rows make different batches, so one list cannot hold both."""
+    collates = [getattr(d, "collate", None) for d in datasets]
+    odd = next((i for i, c in enumerate(collates) if c is not collates[0]), None)
+    if odd is not None:
+        raise DataError(f"the dataset list mixes {_kind(datasets[0])} and {_kind(datasets[odd])}, which make "
+                        "different batches; list one kind (preference pairs combine only with preference pairs)")
+    return collates[0]
+
+
+def _kind(dataset) -> str:
+    kind = "SFT rows" if getattr(dataset, "collate", None) is None else "preference pairs"
+    return f"{kind} ({getattr(dataset, 'name', 'dataset')})"
+
+
 def _split_counts(total: int, shares: np.ndarray) -> list[int]:
     """Integers proportional to `shares` that sum to `total` (largest remainders first)."""
     exact = shares * total
@@ -106,11 +123,12 @@ def _split_counts(total: int, shares: np.ndarray) -> list[int]:
 def combine(datasets, *, seed: int = 0):
     """One dataset from the config's list: weighted sampling when any entry set `weight`
     (entries without one weigh 1), else concatenation. A single dataset comes back as is.
-    Raises DataError when packed and unpacked datasets are mixed.
+    Raises DataError when packed and unpacked datasets are mixed, or preference pairs and SFT rows.
     """
     datasets = list(datasets) if isinstance(datasets, (list, tuple)) else [datasets]
     if not datasets:
         raise DataError("the config's dataset list is empty")
+    _one_collate(datasets)
     if len({bool(getattr(d, "packed", False)) for d in datasets}) > 1:
         raise DataError("some datasets in the list are packed and some are not; set packed the same "
                         "for all of them")

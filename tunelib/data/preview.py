@@ -49,13 +49,17 @@ def preview(dataset, tokenizer, n: int = 3, *, color: bool = False) -> str:
     """The first `n` samples of `dataset`, decoded with `tokenizer`, trained text marked.
 
     Returns the text (the caller prints it); a header per sample gives its token counts,
-    and packed samples list their documents.
+    packed samples list their documents, and a preference pair shows its chosen side, then
+    its rejected side.
     """
     lines = []
     if not color:
         lines.append(f"(trained text is between {OPEN} and {CLOSE})")
     for i in range(min(n, len(dataset))):
         sample = dataset[i]
+        if "chosen_tokens" in sample:
+            lines += _pair_lines(i, sample, tokenizer, color)
+            continue
         flags = trained_flags(sample)
         documents = len(set(sample["document_ids"])) if "document_ids" in sample else None
         header = f"--- sample {i}: {len(sample['tokens'])} tokens, {sum(flags)} trained"
@@ -69,6 +73,15 @@ def preview(dataset, tokenizer, n: int = 3, *, color: bool = False) -> str:
         else:
             lines.append(render_sample(sample, tokenizer, color=color))
     return "\n".join(lines)
+
+
+def _pair_lines(i: int, pair: dict, tokenizer, color: bool) -> list[str]:
+    lines = [f"--- sample {i}: preference pair ---"]
+    for side in ("chosen", "rejected"):
+        sample = {"tokens": pair[f"{side}_tokens"], "labels": pair[f"{side}_labels"]}
+        lines.append(f"[{side}: {len(sample['tokens'])} tokens, {sum(trained_flags(sample))} trained]")
+        lines.append(render_sample(sample, tokenizer, color=color))
+    return lines
 
 
 def _split_documents(pack: dict) -> list[dict]:

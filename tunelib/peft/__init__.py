@@ -56,6 +56,7 @@ from tunelib.peft.params import (
 )
 from tunelib.peft.peft_folder import adapter_config, load_peft_adapter, save_peft_adapter
 from tunelib.peft.swap import add_adapters
+from tunelib.peft.switch import adapters_disabled
 from tunelib.quantization import nf4_transform
 
 
@@ -130,6 +131,7 @@ __all__ = [
     "AdapterV2Linear",
     "LlamaAdapterSpec",
     "PromptedAttention",
+    "adapters_disabled",
     "add_llama_adapter",
     "fold_leaves_out",
     "fold_llama_adapter_v2",

@@ -1,13 +1,14 @@
 """The training loop: written once, for every method, on one device or many.
 
-Read `train` top to bottom: batches -> forward and loss -> backward (accumulating over
-micro-batches, normalised by their total token count) -> clip -> non-finite check ->
+Read `train` top to bottom: batches -> forward and objective -> backward (accumulating over
+micro-batches, normalised by their total count of the objective's units: tokens, pairs) -> clip -> non-finite check ->
 optimizer step -> log -> validate -> checkpoint -> stop if asked. Everything it uses is
 assembled by the recipe into a `Run`.
 
-The host reads the device once per optimizer step: the loss, the gradient norm and whether
-to stop come back together in one small tensor (under torchrun after one all-reduce). Token
-counts come from the CPU batch before it moves, so a GPU is never drained between kernels.
+The host reads the device once per optimizer step: the loss, the objective's metrics, the
+gradient norm and whether to stop come back together in one small tensor (under torchrun after
+one all-reduce). Counts come from the CPU batch before it moves, so a GPU is never drained
+between kernels.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from tunelib.errors import TrainingStopped
 from tunelib.training.distributed import Dist, sync_gradients
 from tunelib.training.loss import count_tokens
 from tunelib.training.memory import peak_memory, reset_peak
+from tunelib.training.objectives import Objective
 from tunelib.training.progress import Progress
 from tunelib.training.summary import RunSummary
 
@@ -46,7 +48,7 @@ class Run:
     model: torch.nn.Module
     optimizer: Any  # a torch optimizer, or OptimizerInBackward
     scheduler: Any | None
-    loss_fn: Callable
+    objective: Objective  # what turns a batch into a loss (tunelib.training.objectives)
     loader: Any  # tunelib.data loader: set_epoch, __iter__, __len__, state_dict
     val_loader: Any | None
     save: Callable[["Run", bool], Any]  # save(run, final) writes a checkpoint
@@ -60,6 +62,9 @@ class Run:
     trainable: list[torch.nn.Parameter] = field(default_factory=list)
     summary: RunSummary = field(default_factory=RunSummary)  # what the run did, for its end
     profiler: Any = None  # a torch.profiler.profile stepped once per optimizer step (the `profiler` setting)
+    # Called as hook(run) before each optimizer step's first forward (e.g. QAT starting fake quantization
+    # after N steps); run.state.step is the number of steps done so far.
+    step_hooks: list[Callable[["Run"], None]] = field(default_factory=list)
 
     @property
     def steps_per_epoch(self) -> int:
@@ -116,19 +121,25 @@ def _train(run: Run) -> TrainState:
         batches = _epoch_batches(run, epoch)
         while state.step_in_epoch < run.steps_per_epoch:
             micro = [next(batches) for _ in range(s.gradient_accumulation_steps)]
+            for hook in run.step_hooks:
+                hook(run)
             # Counted on the CPU batches, before they move: all ranks' together, in one collective.
-            step_tokens, real_tokens = run.dist.host_sum([sum(count_tokens(b["labels"]) for b in micro),
-                                                          sum(_real_tokens(b) for b in micro)])
+            step_units, step_tokens, real_tokens = run.dist.host_sum(
+                [sum(run.objective.count(b) for b in micro), sum(count_tokens(b["labels"]) for b in micro),
+                 sum(_real_tokens(b) for b in micro)])
             window.add(real_tokens)
-            step_loss = torch.zeros((), device=run.device)
+            step_loss, step_metrics = torch.zeros((), device=run.device), {}
             for i, batch in enumerate(micro):
-                batch = to_device(batch, run.device, run.loss_fn)
-                loss = run.loss_fn(model, batch) / max(step_tokens, 1)
+                batch = to_device(batch, run.device, run.objective)
+                terms = run.objective(model, batch)
+                loss = terms.loss / max(step_units, 1)
                 sync_gradients(model, s.fsdp_gradient_sync, last=i == len(micro) - 1)
                 # FSDP averages gradients over ranks; the loss is already a global mean, so undo it.
                 (loss * run.dist.world_size).backward()
                 step_loss += loss.detach()
-            read = _read_step(run, step_loss, _clip(run))  # the one host sync per step
+                for name, value in terms.metrics.items():
+                    step_metrics[name] = step_metrics.get(name, 0) + value.detach().double() / max(step_units, 1)
+            read = _read_step(run, step_loss, _clip(run), step_metrics)  # the one host sync per step
             if not _finite(run, read):
                 continue
             if not run.optimizer_in_bwd:
@@ -185,13 +196,13 @@ def _clip(run: Run) -> torch.Tensor | None:
     return norm.full_tensor() if hasattr(norm, "full_tensor") else norm
 
 
-def to_device(batch: dict[str, torch.Tensor], device: torch.device, loss_fn: Callable) -> dict[str, torch.Tensor]:
-    """The CPU `batch` on `device`, with what `loss_fn.host_inputs` (if it has one) works out on the host.
+def to_device(batch: dict[str, torch.Tensor], device: torch.device, objective) -> dict[str, torch.Tensor]:
+    """The CPU `batch` on `device`, with what `objective.host_inputs` (if it has one) works out on the host.
 
     The copies do not wait for the device when the loader pinned the batch (pin_memory); the
     host's own additions are pinned too then. `num_tokens` stays behind: only the host uses it.
     """
-    host = getattr(loss_fn, "host_inputs", None)
+    host = getattr(objective, "host_inputs", None)
     extra = host(batch) if host is not None else {}
     if device.type == "cuda" and batch["input_ids"].is_pinned():
         extra = {k: v.pin_memory() for k, v in extra.items()}
@@ -208,19 +219,22 @@ class _StepRead:
     """What the host learns from the device at the end of a step, all in one read."""
 
     loss: float  # the step's loss, all ranks together
+    metrics: dict[str, float]  # the objective's own, means over the step's units
     grad_norm: float | None  # None when gradients were applied in backward
     bad_ranks: list[int]  # ranks whose own loss is not finite
     stop: bool  # some rank was asked to stop
 
 
-def _read_step(run: Run, step_loss: torch.Tensor, grad_norm: torch.Tensor | None) -> _StepRead:
-    """Read the step's loss, gradient norm and stop flag back to the host in one `tolist()`.
+def _read_step(run: Run, step_loss: torch.Tensor, grad_norm: torch.Tensor | None,
+               metrics: dict[str, torch.Tensor]) -> _StepRead:
+    """Read the step's loss, metrics, gradient norm and stop flag back to the host in one `tolist()`.
 
-    Under torchrun one all-reduce of a small vector sums the losses and tells which ranks had a
-    non-finite one and whether any was asked to stop; the gradient norm is already global.
+    Under torchrun one all-reduce of a small vector sums the losses and metrics and tells which
+    ranks had a non-finite loss and whether any was asked to stop; the gradient norm is already global.
     """
     d, stop = run.dist, run.stop_requested()
-    values = step_loss.double().reshape(1)
+    names = list(metrics)
+    values = torch.cat([step_loss.double().reshape(1), *(metrics[n].reshape(1) for n in names)])
     if d.enabled:
         flags = torch.zeros(d.world_size + 1, dtype=torch.float64, device=run.device)
         flags[d.rank] = (~torch.isfinite(step_loss)).double()  # where it started: gradients mix all ranks
@@ -229,11 +243,12 @@ def _read_step(run: Run, step_loss: torch.Tensor, grad_norm: torch.Tensor | None
     if grad_norm is not None:
         values = torch.cat([values, grad_norm.double().reshape(1)])
     got = values.tolist()
+    flags = 1 + len(names)
     if d.enabled:
-        bad, stop = [r for r in range(d.world_size) if got[1 + r] > 0], got[1 + d.world_size] > 0
+        bad, stop = [r for r in range(d.world_size) if got[flags + r] > 0], got[flags + d.world_size] > 0
     else:
         bad = [] if _ok(got[0]) else [0]
-    return _StepRead(got[0], got[-1] if grad_norm is not None else None, bad, stop)
+    return _StepRead(got[0], dict(zip(names, got[1:flags])), got[-1] if grad_norm is not None else None, bad, stop)
 
 
 def _finite(run: Run, read: _StepRead) -> bool:
@@ -280,6 +295,7 @@ def _metrics(run: Run, read: _StepRead, window: _Window) -> dict[str, Any]:
     tokens, seconds = window.take()
     metrics = {
         "loss": read.loss,
+        **read.metrics,
         "lr": float(run.optimizer.param_groups[0]["lr"]),  # torchao optimizers keep it as a (CPU) tensor
         "tokens_per_second": tokens / max(seconds, 1e-9),
         "tokens_per_second_per_device": tokens / max(seconds, 1e-9) / run.dist.world_size,
@@ -296,16 +312,16 @@ def _metrics(run: Run, read: _StepRead, window: _Window) -> dict[str, Any]:
 
 @torch.no_grad()
 def _validate(run: Run) -> float:
-    """Mean validation loss per token, over all ranks; logged as val_loss."""
+    """Mean validation loss per unit of the objective (token, pair), over all ranks; logged as val_loss."""
     run.model.eval()
-    total, tokens = torch.zeros((), dtype=torch.float64, device=run.device), 0
+    total, units = torch.zeros((), dtype=torch.float64, device=run.device), 0
     run.val_loader.set_epoch(0)
     for batch in run.val_loader:
-        tokens += count_tokens(batch["labels"])
-        total += run.loss_fn(run.model, to_device(batch, run.device, run.loss_fn)).double()
+        units += run.objective.count(batch)
+        total += run.objective(run.model, to_device(batch, run.device, run.objective)).loss.double()
     run.model.train()
-    total, tokens = run.dist.host_sum([total.item(), tokens])  # one read for the whole evaluation
-    val_loss = total / max(tokens, 1)
+    total, units = run.dist.host_sum([total.item(), units])  # one read for the whole evaluation
+    val_loss = total / max(units, 1)
     run.summary.val_loss = val_loss
     if run.dist.is_main:
         run.logger.log(run.state.step, {"val_loss": val_loss})

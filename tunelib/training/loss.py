@@ -67,6 +67,11 @@ class LinearCrossEntropyLoss:
         hidden = model.hidden(
             batch["input_ids"], position_ids=batch.get("position_ids"), document_ids=batch.get("document_ids")
         )  # (B, T, H)
+        return self.from_hidden(model, hidden, batch)
+
+    def from_hidden(self, model, hidden: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The summed loss from the model's final hidden states (B, T, H) of `batch`, for objectives
+        that use the same forward for more than this loss (distillation)."""
         # One row per token: chunks of rows are contiguous, so the output layer is one plain matmul.
         hidden, labels = hidden.flatten(0, 1), batch["labels"].flatten()  # (B*T, H), (B*T,)
         trained = batch.get("trained_rows")
@@ -82,7 +87,10 @@ class LinearCrossEntropyLoss:
         if not training or not self._chunked(model, labels.numel()):
             return self._chunk_loss(model, hidden, labels)
         total = hidden.new_zeros((), dtype=torch.float32)
-        for h, y in zip(hidden.chunk(self.num_output_chunks), labels.chunk(self.num_output_chunks)):
+        # Exactly num_output_chunks pieces (maybe empty): under FSDP2 every rank must call the
+        # output layer as often as the others, whatever its count of trained positions.
+        n = self.num_output_chunks
+        for h, y in zip(hidden.tensor_split(n), labels.tensor_split(n)):
             total = total + checkpoint(self._chunk_loss, model, h, y, use_reentrant=False)
         return total
 

@@ -17,8 +17,6 @@ LLAMA_ADAPTER_CONFIG = "tunelib_llama_adapter.json"
 # and takes only these values for it.
 VLLM_DEFAULT_MAX_LORA_RANK = 16
 VLLM_MAX_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
-# The recipe a method's run resumes with: `<name>_single_device`, or `<name>_distributed`.
-RECIPES = {"full": "full_finetune", "lora": "lora_finetune", "adapter": "adapter_finetune"}
 
 
 def final_message(folder: Path, base_model: str, adapter: bool, merged: bool) -> str:
@@ -106,7 +104,8 @@ def next_commands(final: Path, base_model: str, *, adapter: bool, merged: bool, 
     asked = _shell_setting("prompt", prompt or "Hello")
     tune = program()  # `tunelib` when the run was started as `tunelib`: its `tune` may be torchtune's
     return [f"  {tune} chat {model}{chat_adapter}",
-            f"  {tune} run generate --config generation checkpoint_dir={model}{extra} {asked}"]
+            f"  {tune} run generate --config generation checkpoint_dir={model}{extra} {asked}",
+            f"  {tune} export gguf {final} -o {final.parent / 'model.gguf'}{f' --base {base_model}' if extra else ''}"]
 
 
 def _shell_setting(key: str, value: str) -> str:
@@ -116,8 +115,9 @@ def _shell_setting(key: str, value: str) -> str:
     return shlex.quote(f"{key}={value}")
 
 
-def resume_command(method: str, output_dir: Path, world_size: int) -> str:
-    """The command that continues a stopped run exactly: its resolved config from output_dir."""
+def resume_command(recipe: str, output_dir: Path, world_size: int) -> str:
+    """The command that continues a stopped run of `recipe` (e.g. lora_finetune) exactly: its
+    resolved config from output_dir, with the recipe's _single_device or _distributed name."""
     config = Path(output_dir).resolve() / "config.yaml"
     allowed = [m for m in os.environ.get("TUNELIB_ALLOW_MODULES", "").split(",") if m]
     options = "".join(f"--allow-module {m} " for m in allowed)
@@ -125,7 +125,7 @@ def resume_command(method: str, output_dir: Path, world_size: int) -> str:
         per_node = int(os.environ.get("LOCAL_WORLD_SIZE", world_size))
         others = "(and your other torchrun options) " if per_node != world_size else ""
         launch = f"--nproc_per_node {per_node} {others}"
-        recipe = f"{RECIPES[method]}_distributed"
+        recipe = f"{recipe}_distributed"
     else:
-        launch, recipe = "", f"{RECIPES[method]}_single_device"
+        launch, recipe = "", f"{recipe}_single_device"
     return f"{program()} run {launch}{options}{recipe} --config {shlex.quote(str(config))} resume_from_checkpoint=True"

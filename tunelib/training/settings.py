@@ -241,3 +241,107 @@ class AdapterSettings(TrainingSettings):
             problems.append("fold_adapter_v2=True needs model.adapter=v2: v1 learns only prompts, which cannot "
                             "be folded into weights; set fold_adapter_v2=False")
         return problems + _adapter_dtype_problems(cfg, cls)
+
+
+# The settings of quantization-aware training, added to full and LoRA fine-tuning (torchtune's keys).
+QUANTIZER_DOC = ("What the model will be quantized to, which training simulates (fake quantization of the "
+                 "linears inside decoder layers): tunelib.quantization.Int8DynActInt4WeightQATQuantizer or "
+                 "Int4WeightOnlyQATQuantizer (torchtune's torchtune.training.quantization names too) with its "
+                 "groupsize; `tune run quantize` with the same quantizer writes that quantization.")
+FAKE_QUANT_AFTER_DOC = ("Train this many optimizer steps with plain numbers before fake quantization starts "
+                        "(null: from the first step).")
+
+
+def _fake_quant_problems(cfg: dict) -> list[str]:
+    after = cfg.get("fake_quant_after_n_steps")
+    if after is not None and after < 0:
+        return [f"fake_quant_after_n_steps={after}; use 0 or more, or null (fake quantization from the first step)"]
+    return []
+
+
+@dataclass(kw_only=True)
+class QATSettings(FullSettings):
+    """Quantization-aware full fine-tuning: every weight trains through fake quantization."""
+
+    quantizer: Component = component(QUANTIZER_DOC)
+    fake_quant_after_n_steps: int | None = setting(None, FAKE_QUANT_AFTER_DOC)
+
+    @classmethod
+    def value_problems(cls, cfg: dict) -> list[str]:
+        return super().value_problems(cfg) + _fake_quant_problems(cfg)
+
+
+@dataclass(kw_only=True)
+class QATLoRASettings(LoRASettings):
+    """Quantization-aware LoRA: adapters train on a frozen base whose linears are fake-quantized."""
+
+    quantizer: Component = component(QUANTIZER_DOC)
+    fake_quant_after_n_steps: int | None = setting(None, FAKE_QUANT_AFTER_DOC)
+
+    @classmethod
+    def value_problems(cls, cfg: dict) -> list[str]:
+        return super().value_problems(cfg) + _fake_quant_problems(cfg)
+
+
+PREFERENCE_LOSS_DOC = ("Preference loss: tunelib.training.DPOLoss (the default, beta 0.1), IPOLoss, HingeLoss, or the "
+                       "reference-free SimPOLoss and ORPOLoss (torchtune's torchtune.rlhf.loss.DPOLoss and RSOLoss work too).")
+PRECOMPUTE_DOC = ("Work out the reference model's log-probs of every training pair once, before the first step, and keep "
+                  "them in output_dir/reference_log_probs.pt (a resume reads them): full fine-tuning then holds one model, "
+                  "not two; with adapters the reference costs no memory anyway, so this only saves its forward passes.")
+
+
+def _preference_problems(cfg: dict) -> list[str]:
+    if cfg.get("precompute_reference_log_probs") and cfg.get("dataset_val") is not None:
+        return ["precompute_reference_log_probs covers the training pairs only; remove dataset_val or set "
+                "precompute_reference_log_probs=False"]
+    return []
+
+
+@dataclass(kw_only=True)
+class LoRAPreferenceSettings(LoRASettings):
+    """DPO and its relatives with LoRA/DoRA/QLoRA adapters; the base with adapters off is the reference."""
+
+    loss: Component | None = component(PREFERENCE_LOSS_DOC, default=None)
+    precompute_reference_log_probs: bool = setting(False, PRECOMPUTE_DOC)
+
+    @classmethod
+    def value_problems(cls, cfg: dict) -> list[str]:
+        return super().value_problems(cfg) + _preference_problems(cfg)
+
+
+@dataclass(kw_only=True)
+class FullPreferenceSettings(FullSettings):
+    """DPO and its relatives on every weight; a frozen copy of the starting weights (or its precomputed
+    log-probs) is the reference."""
+
+    loss: Component | None = component(PREFERENCE_LOSS_DOC, default=None)
+    precompute_reference_log_probs: bool = setting(False, PRECOMPUTE_DOC)
+    reference_checkpoint_dir: str | None = setting(None, "The reference model's Hugging Face folder, when it is not checkpoint_dir (e.g. the model before its SFT); same architecture.")
+    ref_checkpointer: Component | None = component("torchtune's key: only its checkpoint_dir is read (the reference model's folder, as reference_checkpoint_dir).", default=None)
+
+    @classmethod
+    def value_problems(cls, cfg: dict) -> list[str]:
+        return super().value_problems(cfg) + _preference_problems(cfg)
+
+
+@dataclass(kw_only=True)
+class DistillationSettings(LoRASettings):
+    """Knowledge distillation: a student (LoRA/DoRA adapters, or every weight when the model node has no
+    adapter keys) learns from a frozen teacher of the same vocabulary."""
+
+    loss: Component | None = component("Cross-entropy on the labels (default: tunelib.training.LinearCrossEntropyLoss; torchtune's CEWithChunkedOutputLoss works too).", default=None)
+    teacher_model: Component = component("The teacher's model builder, e.g. tunelib.models.qwen2.qwen2_1_5b (no adapter keys: it stays frozen).", provided=("checkpoint_dir",))
+    teacher_checkpoint_dir: str | None = setting(None, "The teacher's Hugging Face folder (or torchtune's teacher_checkpointer.checkpoint_dir).")
+    teacher_checkpointer: Component | None = component("torchtune's key: only its checkpoint_dir is read (the teacher's folder); other keys are torchtune's file lists, which tunelib reads from the folder itself.", default=None)
+    kd_loss: Component | None = component("The divergence from the teacher: tunelib.training.ForwardKLLoss (default), ReverseKLLoss, SymmetricKLLoss, JSDLoss (torchtune's *KLWithChunkedOutputLoss names work too).", default=None)
+    kd_ratio: float = setting(0.5, "The divergence's share of the loss: (1 - kd_ratio) * cross-entropy + kd_ratio * divergence.")
+
+    @classmethod
+    def value_problems(cls, cfg: dict) -> list[str]:
+        problems = super().value_problems(cfg)
+        ratio = cfg.get("kd_ratio")
+        if isinstance(ratio, (int, float)) and not 0 <= ratio <= 1:
+            problems.append(f"kd_ratio={ratio}; use a share between 0 and 1")
+        if cfg.get("teacher_checkpoint_dir") is None and not (cfg.get("teacher_checkpointer") or {}).get("checkpoint_dir"):
+            problems.append("distillation needs the teacher's weights: set teacher_checkpoint_dir=FOLDER")
+        return problems

@@ -4,7 +4,8 @@
 before the first step:
 
  1. the process: torchrun peers, device, dtype, the resume point, the seed
- 2. the tokenizer, then the model on the meta device with its adapters (the builder applies them)
+ 2. the tokenizer, then the model on the meta device with its adapters (apply_peft adds them);
+    the recipe's `Recipe` says what it trains (checked against the model) and its objective
  3. the adapters' first values (small, the same on every rank); only the trained part trainable
  4. model transformations: activation checkpointing, offloading, compile, FSDP2 (written once,
     any family), all while the base weights are still on meta
@@ -12,7 +13,8 @@ before the first step:
     from each whole weight, keeping its piece); then DoRA magnitudes, and on resume the
     trained adapters, which win over the base
  6. data: datasets (a list is combined), a token-id check against the model, loaders
- 7. optimizer, schedule, loss, metric loggers
+ 7. the objective (tunelib.training.objectives), with the frozen models it needs (a teacher,
+    a reference; built, sharded and loaded like the trained one), optimizer, schedule, loggers
  8. on resume: optimizer, schedule, data position, random state and counters restored
 
 Saves stream the other way (`tunelib.training.HFCheckpointer.save`): one decoder layer is
@@ -25,35 +27,27 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import torch
 
 from tunelib.checkpoint import atomic, training_state, writes
+from tunelib.checkpoint.hf_load import load_hf_weights
 from tunelib.checkpoint.lock import OutputDirLock
 from tunelib.config import instantiate
 from tunelib.data import build_loader, check_token_ids, combine
 from tunelib.errors import CheckpointError, ConfigError, NothingToDo
-from tunelib.peft import (
-    adapter_params,
-    apply_peft,
-    initialize_adapters,
-    llama_adapter_spec,
-    set_trainable,
-    store_trained_in,
-)
-from tunelib.training import precision, report, runtime, transforms
+from tunelib.peft import apply_peft
+from tunelib.training import precision, qat_setup, report, runtime, transforms
 from tunelib.training.checkpointer import HFCheckpointer
 from tunelib.training.distributed import Dist
 from tunelib.training.estimate import estimate
 from tunelib.training.fingerprint import run_fingerprint
 from tunelib.training.loggers import JSONLLogger, MetricLoggers
 from tunelib.training.loop import Run, TrainState
-from tunelib.training.loss import LinearCrossEntropyLoss
+from tunelib.training.objective_setup import Parts, built
 from tunelib.training.optim import OptimizerInBackward
 from tunelib.training.signals import StopOnSignal, TermDuringSetup
-
-Method = Literal["full", "lora", "adapter"]
+from tunelib.training.trained import LLAMA_ADAPTER, Recipe, Trained
 
 
 @dataclass
@@ -69,7 +63,8 @@ class Built:
     checkpointer: object
     stop: StopOnSignal
     resumed_from: atomic.Checkpoint | None
-    method: Method
+    recipe: Recipe
+    trains: Trained
     output_lock: OutputDirLock | None = None  # held by rank 0 only
 
     def __enter__(self) -> "Built":
@@ -94,7 +89,7 @@ class Built:
         run, out = self.run, self.checkpointer.output_dir
         if self.stop.signum is not None:
             if run.dist.is_main:
-                command = report.resume_command(self.method, out, run.dist.world_size)
+                command = report.resume_command(self.recipe.name, out, run.dist.world_size)
                 print(f"Stopped at step {run.state.step} of {run.total_steps}; a checkpoint is saved in {out}. "
                       f"Resume with:\n  {command}", flush=True)
             return self.stop.exit_code
@@ -109,8 +104,8 @@ class Built:
         return 0
 
 
-def build_run(cfg, method: Method) -> Built:
-    """Build everything `tunelib.training.train` needs from the config of a `method` recipe.
+def build_run(cfg, recipe: Recipe) -> Built:
+    """Build everything `tunelib.training.train` needs from the config of `recipe`.
 
     Raises:
         ConfigError, DataError, CheckpointError: bad input, before any step runs (also: another
@@ -134,14 +129,14 @@ def build_run(cfg, method: Method) -> Built:
                 _make_output_dir(out)
                 output_lock = OutputDirLock.take(out)
                 _check_writable(out)
-            return _build(cfg, method, checkpointer, output_lock, term)
+            return _build(cfg, recipe, checkpointer, output_lock, term)
         except BaseException:
             term.ignore()  # torchrun may stop this rank now: finish taking back what it made first
             _give_back(output_lock, created)
             raise
 
 
-def _build(cfg, method: Method, checkpointer, output_lock: OutputDirLock | None, term: TermDuringSetup) -> Built:
+def _build(cfg, recipe: Recipe, checkpointer, output_lock: OutputDirLock | None, term: TermDuringSetup) -> Built:
     runtime.configure_cuda_allocator(cfg.device)  # before CUDA starts: its allocator reads it once
     device = runtime.resolve_device(cfg.device, _local_rank())
     runtime.set_cpu_threads(cfg.cpu_threads)
@@ -157,21 +152,20 @@ def _build(cfg, method: Method, checkpointer, output_lock: OutputDirLock | None,
 
     tokenizer = instantiate(cfg.tokenizer)
     model = _model(cfg)
-    _check_method(model, method)
-    dist.say(estimate(cfg, model, method, world_size=dist.world_size, device=device, time_step=False).one_line())
+    trains = recipe.trained_for(model)
+    dist.say(estimate(cfg, model, trains.name, world_size=dist.world_size, device=device, time_step=False).one_line())
     settings = training_state.resume_settings(cfg, dist.world_size)
-    numbers = run_fingerprint(cfg, model, tokenizer, adapters=method != "full")
+    numbers = run_fingerprint(cfg, model, tokenizer, adapters=trains.adapters)
     if saved is not None:  # before any weight is read, so a changed model or adapter is named, not a shape error
         training_state.check_resume(saved, settings, numbers, resume.path)
     # FSDP2's CPU offload keeps the shards (weights, adapters) in CPU memory; compute stays on `device`.
     held = torch.device("cpu") if dist.enabled and cfg.fsdp_cpu_offload else device
-    _start_adapters(model, method, held, precision.adapter_dtype(cfg, dtype))
-    _make_trainable(model, method)
-    _transform(model, cfg, dist, device, method)
+    trains.start(model, held, precision.adapter_dtype(cfg, dtype))
+    _transform(model, cfg, dist, device, cast_params=not trains.adapters)
     # Sharded first, then filled: under FSDP2 each rank reads only its own rows of each weight.
     checkpointer.load_model(model, dtype=precision.stored_dtype(cfg, dtype), device=held, resume=resume,
                             buffer_device=device)
-    _finish_adapters(model, method, held, precision.adapter_dtype(cfg, dtype))
+    trains.finish(model, held, precision.adapter_dtype(cfg, dtype))
     if resume is not None:  # last: what the checkpoint trained (adapters, v2's norms) wins over the base
         checkpointer.load_adapter(model, resume)
     dist.say(_parameter_counts(model))
@@ -184,17 +178,21 @@ def _build(cfg, method: Method, checkpointer, output_lock: OutputDirLock | None,
         val_loader = _loader(cfg, cfg.dataset_val, tokenizer, model, dist, seed,
                              cfg.batch_size_val or cfg.batch_size, shuffle=False)
 
+    frozen = _frozen_builder(cfg, dist, device, held, precision.stored_dtype(cfg, dtype))
+    objective = recipe.objective(cfg, Parts(model=model, trains=trains, loader=loader, dist=dist, device=device,
+                                            fresh=resume is None, frozen=frozen))
+    objective = precision.compute_in(objective, cfg, device, dtype, sharded=dist.enabled)
+    if cfg.compile:
+        transforms.compile_loss(objective)
     optimizer = _optimizer(cfg, trainable)
     state = TrainState(seed=seed)
-    loss_fn = precision.compute_in(_loss(cfg), cfg, device, dtype, sharded=dist.enabled)
-    if cfg.compile:
-        transforms.compile_loss(loss_fn)
-    run = Run(model=model, optimizer=optimizer, scheduler=None, loss_fn=loss_fn, loader=loader,
+    run = Run(model=model, optimizer=optimizer, scheduler=None, objective=objective, loader=loader,
               val_loader=val_loader, save=None, logger=None, dist=dist, device=device, settings=cfg,
               state=state, optimizer_in_bwd=isinstance(optimizer, OptimizerInBackward), trainable=trainable)
     run.scheduler = _scheduler(cfg, optimizer, run.total_steps)
-    run.save = _saver(cfg, checkpointer, method, settings, numbers)
+    run.save = _saver(cfg, checkpointer, trains, settings, numbers)
     run.profiler = instantiate(cfg.profiler) if cfg.profiler is not None else None
+    run.step_hooks += qat_setup.step_hooks(cfg)  # QAT's fake_quant_after_n_steps
     if saved is not None:
         _restore(run, saved, resume)
         _set_aside_later(checkpointer, resume, dist)
@@ -203,7 +201,7 @@ def _build(cfg, method: Method, checkpointer, output_lock: OutputDirLock | None,
     run.stop_requested = stop.requested
     run.logger = _logger(cfg, dist, _logged_until(cfg, saved, state))
     _write_config(cfg, dist)
-    return Built(run, checkpointer, stop, resume, method, output_lock)
+    return Built(run, checkpointer, stop, resume, recipe, trains, output_lock)
 
 
 # -- 1. the process ------------------------------------------------------------------------
@@ -270,45 +268,6 @@ def _model(cfg) -> torch.nn.Module:
     return apply_peft(instantiate(cfg.model, checkpoint_dir=cfg.checkpoint_dir))
 
 
-def _check_method(model: torch.nn.Module, method: Method) -> None:
-    has = bool(adapter_params(model))
-    if method == "full" and has:
-        raise ConfigError("the model config asks for adapters (lora_* or adapter keys) but this recipe trains every "
-                          "weight; run lora_finetune_single_device or adapter_finetune_single_device, or remove them")
-    if method == "adapter" and llama_adapter_spec(model) is None:
-        raise ConfigError("this recipe trains a LLaMA-Adapter but the model config adds none; set model.adapter=v1 "
-                          "or v2 (LoRA keys belong to lora_finetune_single_device)")
-    if method == "lora" and llama_adapter_spec(model) is not None:
-        raise ConfigError("the model config asks for a LLaMA-Adapter (model.adapter) but this recipe trains LoRA; "
-                          "run adapter_finetune_single_device, or set model.adapter=null")
-    if method != "full" and not has:
-        raise ConfigError("this recipe trains adapters but the model config adds none; set e.g. "
-                          "model.lora_attn_modules=[q_proj,v_proj] (or run full_finetune_single_device)")
-
-
-def _start_adapters(model: torch.nn.Module, method: Method, device, dtype) -> None:
-    """First values of the adapters (small, the same on every rank), before the base is sharded
-    and loaded; DoRA magnitudes wait for the base weights they are the norms of."""
-    if method != "full":
-        initialize_adapters(model, device, dtype)
-
-
-def _finish_adapters(model: torch.nn.Module, method: Method, device, dtype) -> None:
-    """DoRA magnitudes of a fresh run, from the loaded base weights; what else trains (LLaMA-Adapter
-    v2's norms, loaded with the base) in the adapters' dtype too."""
-    if method != "full":
-        initialize_adapters(model, device, dtype)
-        store_trained_in(model, dtype)
-
-
-def _make_trainable(model: torch.nn.Module, method: Method) -> None:
-    if method == "full":
-        for p in model.parameters():
-            p.requires_grad_(True)
-    else:
-        set_trainable(model)
-
-
 def _parameter_counts(model: torch.nn.Module) -> str:
     trainable = [p for p in model.parameters() if p.requires_grad]
     total = sum(p.numel() for p in model.parameters())
@@ -316,8 +275,9 @@ def _parameter_counts(model: torch.nn.Module) -> str:
     return f"Model: {total / 1e6:,.1f}M parameters, {count / 1e6:,.3f}M trainable ({100 * count / total:.2f}%)"
 
 
-def _transform(model: torch.nn.Module, cfg, dist: Dist, device: torch.device, method: Method) -> None:
+def _transform(model: torch.nn.Module, cfg, dist: Dist, device: torch.device, *, cast_params: bool) -> None:
     """Activation checkpointing (and offloading), compile, FSDP2, in that order (each wraps the decoder layers)."""
+    qat_setup.prepare(model, cfg)  # QAT recipes' fake-quantized linears, swapped in before anything wraps them
     if cfg.enable_activation_offloading and not cfg.enable_activation_checkpointing:
         raise ConfigError("enable_activation_offloading needs enable_activation_checkpointing=True")
     if cfg.enable_activation_offloading and device.type != "cuda":
@@ -334,7 +294,7 @@ def _transform(model: torch.nn.Module, cfg, dist: Dist, device: torch.device, me
     if dist.enabled:
         # Adapter runs gather each weight in its own dtype, so fp32 adapters compute in fp32 beside
         # the bf16 base as on one device; full fine-tuning computes in `dtype` whatever it stores.
-        transforms.shard(model, cfg, device, cast_params=method == "full")
+        transforms.shard(model, cfg, device, cast_params=cast_params)
 
 
 # -- 5. data ---------------------------------------------------------------------------------
@@ -379,33 +339,42 @@ def _is_list(node) -> bool:
     return isinstance(node, ListConfig)
 
 
-# -- 6. optimizer, schedule, loss, loggers ------------------------------------------------------
+# -- 6. objective, optimizer, schedule, loggers -------------------------------------------------
 
 
-def _built(node, key: str, *args, **kwargs):
-    """Build a torch-side component; its own refusal of a value (torch.optim's "Invalid
-    learning rate: -1") becomes a one-line error naming the config key."""
-    try:
-        return instantiate(node, *args, **kwargs)
-    except (ValueError, TypeError) as e:
-        raise ConfigError(f"{key} ({node._component_}) refused its settings: {str(e).splitlines()[0]}") from None
+def _frozen_builder(cfg, dist: Dist, device: torch.device, held: torch.device, dtype: torch.dtype):
+    """`frozen(node, folder)`: the model of config node `node` with `folder`'s weights, frozen,
+    built, transformed and sharded as the trained one is (a teacher, or DPO's reference copy)."""
+
+    def frozen(node, folder: str) -> torch.nn.Module:
+        model = instantiate(node, checkpoint_dir=folder)
+        if getattr(model, "adapter_options", None) is not None:
+            raise ConfigError(f"{node._component_} is a frozen model here (a teacher or a reference); remove its "
+                              "adapter keys (lora_*, adapter)")
+        for p in model.parameters():
+            p.requires_grad_(False)
+        model.attention_backend = cfg.attention_backend
+        if cfg.compile:
+            transforms.compile_layers(model)
+        if dist.enabled:
+            transforms.shard(model, cfg, device, cast_params=True)
+        load_hf_weights(model, folder, dtype=dtype, device=held, buffer_device=device)
+        return model.eval()
+
+    return frozen
 
 
 def _optimizer(cfg, trainable: list[torch.nn.Parameter]):
     options = precision.optimizer_options(cfg)
     if getattr(cfg, "optimizer_in_bwd", False):
-        return OptimizerInBackward(trainable, lambda params: _built(cfg.optimizer, "optimizer", params, **options))
-    return _built(cfg.optimizer, "optimizer", trainable, **options)
+        return OptimizerInBackward(trainable, lambda params: built(cfg.optimizer, "optimizer", params, **options))
+    return built(cfg.optimizer, "optimizer", trainable, **options)
 
 
 def _scheduler(cfg, optimizer, total_steps: int):
     if cfg.lr_scheduler is None:
         return None
-    return _built(cfg.lr_scheduler, "lr_scheduler", optimizer, num_training_steps=total_steps)
-
-
-def _loss(cfg):
-    return LinearCrossEntropyLoss() if cfg.loss is None else _built(cfg.loss, "loss")
+    return built(cfg.lr_scheduler, "lr_scheduler", optimizer, num_training_steps=total_steps)
 
 
 def _logger(cfg, dist: Dist, resumed_step: int | None) -> MetricLoggers:
@@ -451,7 +420,7 @@ def _write_config(cfg, dist: Dist) -> None:
 # -- saving and resuming ----------------------------------------------------------------------
 
 
-def _saver(cfg, checkpointer, method: Method, settings: dict, numbers: dict):
+def _saver(cfg, checkpointer, trains: Trained, settings: dict, numbers: dict):
     """`save(run, final)`: a checkpoint with the model, the config and the training state.
 
     `settings` and `numbers` (the run's fingerprint) go into every training state, the final
@@ -460,7 +429,7 @@ def _saver(cfg, checkpointer, method: Method, settings: dict, numbers: dict):
     from omegaconf import OmegaConf
 
     adapter_only = bool(getattr(cfg, "save_adapter_weights_only", False))
-    if method == "adapter":  # LLaMA-Adapter writes a merged folder only when v2 is to be folded
+    if trains is LLAMA_ADAPTER:  # LLaMA-Adapter writes a merged folder only when v2 is to be folded
         adapter_only = not cfg.fold_adapter_v2
 
     def save(run: Run, final: bool) -> Path:
@@ -525,10 +494,10 @@ def _set_aside_later(checkpointer, resume: atomic.Checkpoint, dist: Dist) -> Non
 # -- what `tune validate` checks beyond the config ------------------------------------------
 
 
-def preflight(cfg, method: Method) -> list[str]:
+def preflight(cfg, recipe: Recipe) -> list[str]:
     """The checks `build_run` makes that need neither weights nor data, for `tune validate`.
 
-    The model is built on the meta device (adapter module names, the recipe's method), and the
+    The model is built on the meta device (adapter module names, what the recipe trains), and the
     optimizer, schedule and loss are built on a stand-in parameter, so a value only they
     refuse (a negative learning rate) is caught without loading anything.
 
@@ -553,12 +522,12 @@ def preflight(cfg, method: Method) -> list[str]:
         except CheckpointError:
             model = None  # a builder that reads config.json: checked once the folder exists
     if model is not None:
-        _check_method(model, method)
+        recipe.trained_for(model)
     stand_in = torch.nn.Parameter(torch.zeros(1))
-    optimizer = _built(cfg.optimizer, "optimizer", [stand_in], **precision.optimizer_options(cfg))
+    optimizer = built(cfg.optimizer, "optimizer", [stand_in], **precision.optimizer_options(cfg))
     if cfg.lr_scheduler is not None:
         _scheduler(cfg, optimizer, total_steps=1)
-    _loss(cfg)
+    recipe.objective(cfg, None)
     if cfg.profiler is not None:
         instantiate(cfg.profiler)  # an activity the machine lacks is refused here too
     return notes

@@ -86,14 +86,20 @@ def config(job) -> dict:
     return cfg
 
 
-def recording_shape(loss_fn, probe: Probe):
-    """`loss_fn`, which also notes the (B, T) of the first batch it sees."""
+class RecordingShape:
+    """The run's objective, which also notes the (B, T) of the first batch it sees."""
 
-    def loss(model, batch):
-        probe.extra.setdefault("batch_shape", list(batch["input_ids"].shape))
-        return loss_fn(model, batch)
+    def __init__(self, objective, probe: Probe):
+        self.objective, self.probe = objective, probe
 
-    return loss
+    def __call__(self, model, batch):
+        self.probe.extra.setdefault("batch_shape", list(batch["input_ids"].shape))
+        return self.objective(model, batch)
+
+    def __getattr__(self, name: str):  # count, host_inputs, unit: the objective's own
+        if name == "objective":
+            raise AttributeError(name)
+        return getattr(self.objective, name)
 
 
 def set_lora_init(model: torch.nn.Module, path) -> None:
@@ -114,7 +120,9 @@ def run(job, on_step=None) -> None:
     from tunelib.config import allow_module, build_config
     from tunelib.training import train
     from tunelib.training.settings import FullSettings, LoRASettings
+    from tunelib.training.objective_setup import next_token
     from tunelib.training.setup import build_run
+    from tunelib.training.trained import FULL, LORA, Recipe
 
     allow_module("tunebench")
     path = job.workdir / "config.yaml"
@@ -122,12 +130,13 @@ def run(job, on_step=None) -> None:
     method = "full" if job.workload.method == "full" else "lora"
     cfg = build_config(path, [], FullSettings if method == "full" else LoRASettings)
     probe = Probe(job.workload.device)
-    with build_run(cfg, method) as built:
+    recipe = Recipe(f"{method}_finetune", trains=FULL if method == "full" else LORA, objective=next_token)
+    with build_run(cfg, recipe) as built:
         run = built.run
         if method == "lora":
             set_lora_init(run.model, job.lora_init)
         run.logger = ProbeLogger(run.logger, probe, on_step)
-        run.loss_fn = recording_shape(run.loss_fn, probe)
+        run.objective = RecordingShape(run.objective, probe)
         run.save = lambda run, final: None
         train(run)
     probe.write(job.out, library="tunelib", version=getattr(tunelib, "__version__", "0.1.0"),
