@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import torch
 
-from tunelib.training.loss import count_tokens
 from tunelib.training.objectives.base import Terms, model_inputs, with_router_loss
+from tunelib.training.objectives.next_token import NextToken
 
 
-class Distillation:
+class Distillation(NextToken):
     """Cross-entropy plus a divergence from `teacher`, per token; logs `class_loss` and `kd_loss` too.
 
     Args:
@@ -27,22 +27,11 @@ class Distillation:
         teacher: the frozen teacher model (same vocabulary).
     """
 
-    unit = "tokens"
     needs = ("teacher",)
 
     def __init__(self, loss, kd_loss, kd_ratio: float, teacher: torch.nn.Module):
-        self.loss, self.kd_loss, self.kd_ratio, self.teacher = loss, kd_loss, kd_ratio, teacher
-
-    def count(self, batch: dict[str, torch.Tensor]) -> int:
-        return count_tokens(batch["labels"])
-
-    def host_inputs(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        host = getattr(self.loss, "host_inputs", None)
-        return host(batch) if host is not None else {}
-
-    def compile(self) -> None:
-        if hasattr(self.loss, "compile"):
-            self.loss.compile()
+        super().__init__(loss)  # tokens counted, host inputs and compile as for cross-entropy alone
+        self.kd_loss, self.kd_ratio, self.teacher = kd_loss, kd_ratio, teacher
 
     def __call__(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> Terms:
         inputs = model_inputs(batch)
