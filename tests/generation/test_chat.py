@@ -11,6 +11,7 @@ import time
 
 import pytest
 
+from support.recipes import tiny_model_folder
 from tunelib.generation.prompt import conversation, encode_request
 
 pytest.importorskip("transformers")
@@ -127,8 +128,11 @@ def test_a_conversation_in_a_terminal_ends_on_ctrl_d(trained):
 
 
 @pytest.mark.slow
-def test_ctrl_c_stops_an_answer_then_ends_the_chat(trained):
-    term = chat(trained, "--max-new-tokens", "2000")  # an answer longer than any machine writes before the Ctrl-C
+def test_ctrl_c_stops_an_answer_then_ends_the_chat(tmp_path):
+    # A context of 8192 positions, so the answer can be long enough that no machine finishes it
+    # before the Ctrl-C arrives (the shared tiny model's 256 positions took a fast one 0.1 s).
+    folder = tiny_model_folder(tmp_path, "llama3_2", max_position_embeddings=8192)
+    term = Terminal(str(folder), "--device", "cpu", "--dtype", "fp32", "--temperature", "0", "--max-new-tokens", "8000")
     term.read_until(PROMPT)
     term.type("Write a long story\r")
     term.read_until("story\r\n")  # the terminal's echo of the line
