@@ -49,6 +49,36 @@ def test_a_run_that_does_not_fit_gets_a_line_per_change(tune):
                for line in advice), advice
 
 
+def test_preference_pairs_count_twice_and_full_dpo_holds_its_reference(tune):
+    same = ("device=cpu", "tokenizer.max_seq_len=1024", "batch_size=2", "enable_activation_checkpointing=True",
+            "model.lora_rank=8", "model.lora_alpha=16", "model.apply_lora_to_output=False")
+    _, sft, _ = tune("estimate", "lora_finetune_single_device", "--config", "llama3_2/1B_lora_single_device", *same)
+    _, lora_dpo, _ = tune("estimate", "lora_dpo_single_device", "--config", "llama3_2/1B_lora_dpo", *same)
+    # a pair is a chosen and a rejected sequence in one batch; the reference is the base, adapters off
+    assert _gib(lora_dpo, "activations") == pytest.approx(2 * _gib(sft, "activations"), abs=0.002)
+    assert _gib(lora_dpo, "loss chunks") == pytest.approx(2 * _gib(sft, "loss chunks"), abs=0.002)
+    assert "reference model" not in lora_dpo
+    code, full, err = tune("estimate", "full_dpo_single_device", "--config", "llama3_2/1B_full_dpo", *same)
+    assert code == 0, err
+    assert _gib(full, "reference model weights") == pytest.approx(_gib(full, "trained weights"), abs=0.002)
+    _, precomputed, _ = tune("estimate", "full_dpo_single_device", "--config", "llama3_2/1B_full_dpo", *same,
+                             "precompute_reference_log_probs=True")
+    assert "reference model" not in precomputed
+    assert _gib(precomputed, "total") < _gib(full, "total") - 2.3
+
+
+def test_a_distillation_teacher_is_counted(tune):
+    kd = ("knowledge_distillation_single_device", "--config", "llama3_2/8B_to_1B_KD_lora_single_device",
+          "device=cpu", "tokenizer.max_seq_len=1024")
+    code, out, err = tune("estimate", *kd)
+    assert code == 0, err
+    assert _gib(out, "teacher weights") == pytest.approx(14.96, abs=0.01)  # Llama 3.1 8B in bf16
+    assert _gib(out, "weights") == pytest.approx(2.30, abs=0.01)  # the 1B student
+    assert _gib(out, "teacher forward") > 0
+    _, sharded, _ = tune("estimate", "--nproc_per_node", "4", *kd)
+    assert _gib(sharded, "teacher weights") == pytest.approx(14.96 / 4, abs=0.01)
+
+
 def test_a_refused_config_gets_what_tune_run_says(tune, tmp_path, capsys):
     folder = tiny_model_folder(tmp_path, "llama3_2")
     capsys.readouterr()  # transformers' progress bar while the folder was written

@@ -13,7 +13,8 @@ import sys
 import pytest
 import torch
 
-from support.recipes import data_file, tiny_model_folder, words
+from support.data import write_rows
+from support.recipes import ROWS, data_file, tiny_model_folder, words
 from tunelib.config import build_config
 from tunelib.peft import is_adapter_key
 from tunelib.registry import find_config
@@ -29,6 +30,9 @@ SMALL = dict(vocab_size=8192, hidden_size=128, intermediate_size=384, num_hidden
 MEDIUM = dict(vocab_size=8192, hidden_size=512, intermediate_size=1536, num_hidden_layers=6, num_attention_heads=4,
               num_key_value_heads=2)
 STEPS = ("max_steps_per_epoch=2", "tokenizer.max_seq_len=128", "log_peak_memory_stats=True")
+# chosen: the row's answer; rejected: the next row's (another question's)
+PAIRS = [{"prompt": r["instruction"], "chosen": r["output"], "rejected": ROWS[(i + 1) % len(ROWS)]["output"]}
+         for i, r in enumerate(ROWS) if r["output"] != ROWS[(i + 1) % len(ROWS)]["output"]]
 ADAMW = ("optimizer._component_=torch.optim.AdamW", "optimizer_in_bwd=False")  # the config's: 8-bit, in backward
 
 
@@ -95,11 +99,11 @@ def test_fsdp_divides_the_model_and_adds_gather_buffers(small, tmp_path):
     assert four["activations"] == one["activations"]  # each process keeps its own batch's
 
 
-def _run(folder, tmp_path, recipe_config, *overrides) -> tuple[float, float]:
+def _run(folder, tmp_path, recipe_config, *overrides, data=None) -> tuple[float, float]:
     """(the estimate `tune run` printed, the peak it measured), in GiB, from a fresh process."""
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "tunelib.cli.main", "run", recipe_config[0], "--config", recipe_config[1],
-           *words(folder, out, data_file(tmp_path), (*STEPS, *overrides))]
+           *words(folder, out, data or data_file(tmp_path), (*STEPS, *overrides))]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     printed = re.search(r"Estimated peak memory: ([\d.]+) GiB", proc.stdout)
@@ -115,4 +119,29 @@ def _run(folder, tmp_path, recipe_config, *overrides) -> tuple[float, float]:
 def test_the_estimate_is_within_a_quarter_of_the_measured_peak(tmp_path, shape, recipe_config, overrides):
     folder = tiny_model_folder(tmp_path / "model", "llama3", **shape)
     estimated, measured = _run(folder, tmp_path, recipe_config, *overrides)
+    assert abs(estimated - measured) <= 0.25 * measured, (estimated, measured)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("recipe_config", [("lora_dpo_single_device", "llama3_2/1B_lora_dpo"),
+                                           ("full_dpo_single_device", "llama3_2/1B_full_dpo")],
+                         ids=["lora-dpo-100MB", "full-dpo-100MB"])
+def test_preference_runs_land_within_a_quarter(tmp_path, recipe_config):
+    """Pairs are two sequences a row, and full DPO holds a frozen reference copy: both counted."""
+    folder = tiny_model_folder(tmp_path / "model", "llama3", **MEDIUM)
+    data = write_rows(tmp_path / "pairs.jsonl", PAIRS)
+    estimated, measured = _run(folder, tmp_path, recipe_config, "optimizer._component_=torch.optim.AdamW",
+                               data=data)
+    assert abs(estimated - measured) <= 0.25 * measured, (estimated, measured)
+
+
+@pytest.mark.slow
+def test_a_distillation_run_lands_within_a_quarter(tmp_path):
+    """The teacher (here 3x the student) is held beside the student: its weights dominate the peak."""
+    student = tiny_model_folder(tmp_path / "student", "llama3", **SMALL)
+    teacher = tiny_model_folder(tmp_path / "teacher", "llama3", **MEDIUM)
+    estimated, measured = _run(student, tmp_path, ("knowledge_distillation_single_device",
+                                                   "llama3_2/3_to_1B_KD_lora"),
+                               "teacher_model._component_=tunelib.models.from_hf_config",
+                               f"teacher_checkpoint_dir={teacher}")
     assert abs(estimated - measured) <= 0.25 * measured, (estimated, measured)

@@ -55,7 +55,7 @@ def run_words(words: list[str]) -> int:
         check(cfg)  # what `tune validate` and `tune run` refuse before loading, refused here alike
     from tunelib.training.estimate import estimate_config
 
-    result, method = estimate_config(cfg, world_size=world_size)
+    result, method = estimate_config(cfg, world_size=world_size, recipe=getattr(module, "RECIPE", None))
     plan = result.plan
     checkpointing = f"every {plan.checkpoint_every} layer(s)" if plan.checkpoint_every else "off"
     print(f"{recipe} ({method}) on {world_size} device(s): batch_size={plan.batch_size} x {plan.seq_len} tokens, "

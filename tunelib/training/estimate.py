@@ -27,13 +27,17 @@ the sum of:
   backward's working memory: the gradients flowing through a layer, about what it keeps.
 - **loss**: LinearCrossEntropyLoss's buffers: the gradient of the hidden states (and of the
   output layer, when it trains) made in forward, and one chunk of fp32 logits.
-- **FSDP**: over N devices weights, trained weights, gradients and optimizer states divide
-  by N; each device also holds two gathered decoder layers (the one running and the one
+- **frozen models** an objective holds (a distillation teacher, full DPO's reference copy):
+  their weights as stored, and their forward's output on the batch (hidden states and one chunk
+  of fp32 logits). A preference pair is two sequences: activations and loss chunks count both.
+- **FSDP**: over N devices weights, trained weights, gradients, optimizer states and frozen
+  models divide by N; each device also holds two gathered decoder layers (the one running and the one
   prefetched) and the gathered output layer while the loss runs. Gradients stay whole and
   fp32 between micro-batches with fsdp_gradient_sync=last_micro_batch.
 
 Time per step is model FLOPs (6·N per trained token for full fine-tuning, 4·N for adapters,
-plus 12·L·T·d_attn for attention; the forward once more with activation checkpointing) over
+plus 12·L·T·d_attn for attention; the forward once more with activation checkpointing; 2·N
+per token for each forward without gradients: a teacher's, a reference's) over
 the device's peak at an assumed utilisation: on CUDA bf16 peaks by device name
 (`GPU_BF16_PEAK`) at `GPU_MFU`; on a CPU this machine's measured fp32 matmul rate at
 `CPU_MATMUL_SHARE` of it. Measured against real runs in docs/performance.md.
@@ -53,10 +57,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from tunelib.config import instantiate
-from tunelib.errors import ConfigError
 from tunelib.peft import adapter_params, apply_peft, is_adapter_key, llama_adapter_spec
 from tunelib.quantization import nf4_transform
+from tunelib.training.objective_setup import REFERENCE, Cost, cost, meta_model
 from tunelib.training.precision import adapter_dtype, stored_dtype
 from tunelib.training.runtime import DTYPES, resolve_device
 
@@ -89,6 +92,7 @@ class Plan:
     accumulation: int
     gradient_sync: str
     adapters: bool  # what trains is adapters (kept in adapter_dtype), not the model's weights
+    sequences: int = 1  # sequences per row of batch_size (a preference pair: 2)
 
 
 @dataclass
@@ -142,7 +146,7 @@ class Estimate:
 
 
 def estimate(cfg, model: nn.Module, method: str, *, world_size: int, device: torch.device,
-             time_step: bool = True) -> Estimate:
+             time_step: bool = True, extra: Cost | None = None) -> Estimate:
     """The peak memory per device of training `model` as `cfg` says, and whether it fits.
 
     Args:
@@ -153,15 +157,18 @@ def estimate(cfg, model: nn.Module, method: str, *, world_size: int, device: tor
         world_size: processes sharing the model under FSDP2 (1: one device).
         device: the device the run trains on.
         time_step: also estimate the time per step (on a CPU this measures a matmul for a fraction of a second).
+        extra: what the objective adds (tunelib.training.objective_setup.cost); None: cross-entropy alone.
 
     Returns:
         An Estimate with the breakdown, the capacity and, when it does not fit, advice.
     """
-    plan = _plan(cfg, model, world_size, adapters=method != "full")
+    extra = extra or Cost()
+    plan = replace(_plan(cfg, model, world_size, adapters=method != "full"), sequences=extra.sequences)
     model = _traceable(model, method)
     dtype = DTYPES[cfg.dtype]
     acts = _saved_bytes(model, plan.batch_size, plan.seq_len, dtype)
-    result = Estimate(_parts(cfg, model, plan, acts, dtype, device), _device_name(device),
+    frozen = {label: _Frozen.of(m, cfg, dtype) for label, m in extra.frozen.items()}
+    result = Estimate(_parts(cfg, model, plan, acts, dtype, device, frozen), _device_name(device),
                       _capacity(device, world_size), plan)
     if cfg.tokenizer.get("max_seq_len") is None:
         result.notes.append(f"tokenizer.max_seq_len is null: rows of up to {plan.seq_len} tokens assumed; "
@@ -170,29 +177,34 @@ def estimate(cfg, model: nn.Module, method: str, *, world_size: int, device: tor
         result.notes.append("fsdp_cpu_offload=True keeps the shards and optimizer states in CPU memory; "
                             "they are counted here as if on the device")
     if time_step:
-        result.step_seconds, result.time_note = _step_seconds(cfg, model, method, plan, device)
+        forwards = extra.reference_forwards * _matmul_weights(model) + sum(_matmul_weights(m) for m in extra.frozen.values())
+        result.step_seconds, result.time_note = _step_seconds(cfg, model, method, plan, device, forwards)
     if result.fits is False:
-        result.advice = _advice(cfg, model, method, plan, acts, dtype, device, result.capacity)
+        result.advice = _advice(cfg, model, method, plan, acts, dtype, device, result.capacity, frozen)
     return result
 
 
-def estimate_config(cfg, *, world_size: int = 1) -> tuple[Estimate, str]:
+def estimate_config(cfg, *, world_size: int = 1, recipe=None) -> tuple[Estimate, str]:
     """`estimate` for a config alone, as `tune estimate` asks: the model is built on the meta
-    device as the run builds it, and the method read from its adapters.
+    device as the run builds it, what trains read from its adapters, and what the recipe's
+    objective adds (a teacher, a reference, pairs) from `recipe` (tunelib.training.Recipe; None:
+    cross-entropy alone).
 
     Call it after the recipe's own checks (`tune validate`'s), which refuse a model the recipe
     cannot train. Returns (the estimate, the method).
 
     Raises:
-        ConfigError: the model's builder needs checkpoint_dir's config.json, and it is not there.
+        ConfigError: a model's builder needs its folder's config.json, and it is not there.
     """
-    if not (Path(cfg.checkpoint_dir) / "config.json").is_file() and "from_hf_config" in str(cfg.model._component_):
-        raise ConfigError(f"checkpoint_dir {cfg.checkpoint_dir} has no config.json, and the model's shape comes "
-                          f"from it: `tune download REPO_ID --output-dir {cfg.checkpoint_dir}` first")
-    model = apply_peft(instantiate(cfg.model, checkpoint_dir=cfg.checkpoint_dir))  # as setup builds it
-    method = "full" if not adapter_params(model) else "adapter" if llama_adapter_spec(model) else "lora"
+    model = apply_peft(meta_model(cfg.model, cfg.checkpoint_dir))  # as setup builds it
+    if recipe is not None:
+        trains = recipe.trained_for(model)
+        method, extra = trains.name, cost(cfg, recipe.objective, trains)
+    else:
+        method = "full" if not adapter_params(model) else "adapter" if llama_adapter_spec(model) else "lora"
+        extra = None
     device = resolve_device(cfg.device)
-    return estimate(cfg, model, method, world_size=world_size, device=device), method
+    return estimate(cfg, model, method, world_size=world_size, device=device, extra=extra), method
 
 
 def _plan(cfg, model: nn.Module, world_size: int, *, adapters: bool) -> Plan:
@@ -216,9 +228,10 @@ def _traceable(model: nn.Module, method: str) -> nn.Module:
 # -- the parts ----------------------------------------------------------------------------------
 
 
-def _parts(cfg, model: nn.Module, plan: Plan, acts: "_Saved", dtype: torch.dtype,
-           device: torch.device) -> dict[str, int]:
+def _parts(cfg, model: nn.Module, plan: Plan, acts: _Saved, dtype: torch.dtype,
+           device: torch.device, others: dict[str, _Frozen]) -> dict[str, int]:
     n = plan.world_size
+    rows = plan.batch_size * plan.sequences
     frozen, trained = _weight_bytes(cfg, model, plan, dtype)
     largest = max((_bytes(p, _trained_dtype(cfg, plan, dtype)) for p in _trained(model)), default=0)
     parts = {
@@ -227,12 +240,45 @@ def _parts(cfg, model: nn.Module, plan: Plan, acts: "_Saved", dtype: torch.dtype
         "trained weights": trained // n,
         "gradients": _gradient_bytes(cfg, model, plan, dtype, largest),
         "optimizer states": _optimizer_bytes(cfg, model, plan, dtype) // n + largest,
-        "activations": acts.total(plan.checkpoint_every) * plan.batch_size // acts.batch,
+        "activations": acts.total(plan.checkpoint_every) * rows // acts.batch,
         "loss chunks": _loss_bytes(cfg, model, plan, dtype),
     }
-    if n > 1:
-        parts["FSDP all-gather buffers"] = _gather_bytes(model, plan.quantized, dtype)
+    for label, other in others.items():
+        parts[f"{label} weights"] = other.weights // n
+        parts[f"{label} forward"] = other.forward(rows * plan.seq_len, _chunks(cfg))
+    if n > 1:  # the frozen models gather their layers while the trained one waits, and the other way round
+        gathers = [_gather_bytes(model, plan.quantized, dtype), *(other.gathered for other in others.values())]
+        parts["FSDP all-gather buffers"] = max(gathers)
     return parts
+
+
+@dataclass
+class _Frozen:
+    """A frozen model's bytes: its weights as stored, one of its decoder layers and output layer
+    gathered, and what its forward leaves (per token: the hidden state; per logits chunk: fp32 logits)."""
+
+    weights: int
+    gathered: int
+    hidden_size: int
+    vocab_size: int
+    itemsize: int
+
+    @classmethod
+    def of(cls, model: nn.Module, cfg, dtype: torch.dtype) -> _Frozen:
+        transform = nf4_transform(model)
+        quantized = frozenset(transform.names if transform is not None else ())
+        stored = stored_dtype(cfg, dtype)
+        weights = sum(math.ceil(p.numel() * NF4_BYTES) if name in quantized else _bytes(p, stored)
+                      for name, p in model.named_parameters())
+        return cls(weights, _gather_bytes(model, quantized, dtype), model.config.hidden_size,
+                   model.config.vocab_size, dtype.itemsize)
+
+    def forward(self, tokens: int, chunks: int) -> int:
+        return tokens * self.hidden_size * self.itemsize + math.ceil(tokens / chunks) * self.vocab_size * 4
+
+
+def _chunks(cfg) -> int:
+    return int((cfg.loss or {}).get("num_output_chunks", 8))
 
 
 def _trained(model: nn.Module) -> list[nn.Parameter]:
@@ -291,8 +337,8 @@ def _optimizer_bytes(cfg, model: nn.Module, plan: Plan, dtype: torch.dtype) -> i
 def _loss_bytes(cfg, model: nn.Module, plan: Plan, dtype: torch.dtype) -> int:
     """The loss's buffers at their peak: the hidden states' gradient (and the output layer's when
     it trains), the trained rows' copy, and one chunk's fp32 logits with their gradient."""
-    rows, hidden, vocab = plan.batch_size * plan.seq_len, model.config.hidden_size, model.config.vocab_size
-    chunks = int((cfg.loss or {}).get("num_output_chunks", 8))
+    rows, hidden, vocab = plan.batch_size * plan.sequences * plan.seq_len, model.config.hidden_size, model.config.vocab_size
+    chunks = _chunks(cfg)
     size = dtype.itemsize
     head = model.lm_head.weight
     buffers = 2 * rows * hidden * size + (head.numel() * size if head.requires_grad else 0)
@@ -420,13 +466,16 @@ def _entering(where: list, index: int | None):
 # -- time per step -------------------------------------------------------------------------------
 
 
-def _step_seconds(cfg, model: nn.Module, method: str, plan: Plan, device: torch.device) -> tuple[float | None, str]:
-    tokens = plan.batch_size * plan.seq_len * plan.accumulation
+def _step_seconds(cfg, model: nn.Module, method: str, plan: Plan, device: torch.device,
+                  forward_weights: int = 0) -> tuple[float | None, str]:
+    """Seconds per optimizer step; `forward_weights`: the matmul weights of the forwards run
+    without gradients on every token beside the trained model's (teacher, reference)."""
+    tokens = plan.batch_size * plan.sequences * plan.seq_len * plan.accumulation
     c = model.config
     head_dim = c.head_dim or c.hidden_size // c.num_attention_heads
     attention = 12 * c.num_hidden_layers * plan.seq_len * c.num_attention_heads * head_dim
     n = _matmul_weights(model)
-    per_token = (6 if method == "full" else 4) * n + attention
+    per_token = (6 if method == "full" else 4) * n + attention + 2 * forward_weights
     if plan.checkpoint_every:  # the checkpointed layers' forward runs again in backward
         per_token += (2 * n + attention // 3) // plan.checkpoint_every
     peak, note = _peak_flops(cfg, device)
@@ -490,12 +539,17 @@ def _meminfo_bytes(field_name: str) -> int | None:
     return None
 
 
-def _advice(cfg, model, method, plan: Plan, acts: _Saved, dtype, device, capacity: int) -> list[str]:
+def _advice(cfg, model, method, plan: Plan, acts: _Saved, dtype, device, capacity: int,
+            frozen: dict[str, _Frozen]) -> list[str]:
     """One line per change that makes the run fit (or shrinks it most), with the peak it gives."""
-    def total(**changes) -> int:
-        return sum(_parts(cfg, model, replace(plan, **changes), acts, dtype, device).values())
+    def total(others=frozen, **changes) -> int:
+        return sum(_parts(cfg, model, replace(plan, **changes), acts, dtype, device, others).values())
 
     advice = []
+    if REFERENCE in frozen:
+        without = {label: other for label, other in frozen.items() if label != REFERENCE}
+        advice.append(_change("precompute_reference_log_probs=True (the reference's log-probs computed once, before "
+                              "training)", total(without), capacity))
     if plan.checkpoint_every != 1:
         advice.append(_change("enable_activation_checkpointing=True", total(checkpoint_every=1), capacity))
     if method != "full" and not plan.quantized:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -31,6 +31,7 @@ from tunelib.training.trained import Trained
 
 # Kept in output_dir beside the checkpoints: a resumed run reads it instead of recomputing.
 REFERENCE_TABLE = "reference_log_probs.pt"
+REFERENCE = "reference model"  # Cost's label of full DPO's frozen reference copy
 
 
 @dataclass
@@ -48,6 +49,54 @@ class Parts:
     device: torch.device
     fresh: bool  # not a resume: the trained model is still the starting one
     frozen: Callable[[Any, str], torch.nn.Module]
+
+
+@dataclass
+class Cost:
+    """What an objective adds to a step beyond cross-entropy on batch_size rows, for
+    tunelib.training.estimate: the memory and time a run will need, before it loads anything.
+
+    sequences: sequences per row of batch_size (a chosen/rejected pair is 2).
+    frozen: a label -> a frozen model on the meta device, held beside the trained one (a teacher,
+        DPO's reference copy); its forward runs on every batch without gradients.
+    reference_forwards: forwards of the trained model itself without gradients (DPO's reference
+        with the adapters switched off).
+    """
+
+    sequences: int = 1
+    frozen: dict[str, torch.nn.Module] = field(default_factory=dict)
+    reference_forwards: int = 0
+
+
+def cost(cfg, builder: Callable, trains: Trained) -> Cost:
+    """What the objective that `builder` (a recipe's objective) makes adds to each step, as `Cost` says.
+
+    Raises:
+        ConfigError: a frozen model's folder is not set, or has no config.json for a model whose
+            shape comes from it.
+    """
+    if builder is preference:
+        loss = preference_loss(cfg)
+        if not loss.needs_reference or cfg.precompute_reference_log_probs:
+            return Cost(sequences=2)
+        if trains.adapters:
+            return Cost(sequences=2, reference_forwards=1)
+        return Cost(sequences=2, frozen={REFERENCE: meta_model(cfg.model, reference_folder(cfg))})
+    if builder is distillation:
+        return Cost(frozen={"teacher": meta_model(cfg.teacher_model, teacher_folder(cfg))})
+    return Cost()
+
+
+def meta_model(node, folder: str) -> torch.nn.Module:
+    """The model of config node `node` for `folder` on the meta device, no weight read.
+
+    Raises:
+        ConfigError: the builder reads its shape from folder's config.json, and it is not there.
+    """
+    if "from_hf_config" in str(node._component_) and not (Path(folder) / "config.json").is_file():
+        raise ConfigError(f"{folder} has no config.json, and the model's shape comes from it: "
+                          f"`tune download REPO_ID --output-dir {folder}` first")
+    return instantiate(node, checkpoint_dir=folder)
 
 
 def built(node, key: str, *args, **kwargs):

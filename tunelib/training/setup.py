@@ -45,6 +45,7 @@ from tunelib.training.fingerprint import run_fingerprint
 from tunelib.training.loggers import JSONLLogger, MetricLoggers
 from tunelib.training.loop import Run, TrainState
 from tunelib.training.objective_setup import Parts, built
+from tunelib.training.objective_setup import cost as objective_cost
 from tunelib.training.optim import OptimizerInBackward
 from tunelib.training.signals import StopOnSignal, TermDuringSetup
 from tunelib.training.trained import LLAMA_ADAPTER, Recipe, Trained
@@ -153,7 +154,8 @@ def _build(cfg, recipe: Recipe, checkpointer, output_lock: OutputDirLock | None,
     tokenizer = instantiate(cfg.tokenizer)
     model = _model(cfg)
     trains = recipe.trained_for(model)
-    dist.say(estimate(cfg, model, trains.name, world_size=dist.world_size, device=device, time_step=False).one_line())
+    dist.say(estimate(cfg, model, trains.name, world_size=dist.world_size, device=device, time_step=False,
+                      extra=objective_cost(cfg, recipe.objective, trains)).one_line())
     settings = training_state.resume_settings(cfg, dist.world_size)
     numbers = run_fingerprint(cfg, model, tokenizer, adapters=trains.adapters)
     if saved is not None:  # before any weight is read, so a changed model or adapter is named, not a shape error
