@@ -99,7 +99,11 @@ def main(cfg) -> int:
     group_size = quantizer.groupsize if quantizer is not None else cfg.group_size or 128
     device = resolve_device(cfg.device)
     dtype = resolve_dtype("bf16" if scheme == "int4" and cfg.dtype == "auto" else cfg.dtype, source, device)
-    fused = bool(format_for(read_hf_config(source)).fused_projections)
+    source_config = read_hf_config(source)
+    if source_config.num_experts is not None:
+        raise ConfigError(f"{source} is a mixture-of-experts model ({source_config.architecture}); quantize does not "
+                          "take one yet (its experts and routers need their own scheme): use the bf16 folder")
+    fused = bool(format_for(source_config).fused_projections)
     if scheme in weight_only.SCHEMES:  # int8, int4; a quantizer's 8da4w runs anywhere
         weight_only.check_scheme(scheme, group_size, device, dtype, fused_projections=fused)
 

@@ -212,7 +212,9 @@ def distillation_configs(taken: set[str]) -> dict[Path, str]:
         for student, teacher in zip(sizes, sizes[1:]):
             if vocabulary(family, fam.configs[student][0]) != vocabulary(family, fam.configs[teacher][0]):
                 continue  # e.g. Qwen2.5 7B pads its vocabulary beyond 3B's: distillation compares token by token
-            name = f"{family}/{teacher.removesuffix('B')}_to_{student}_KD_lora"
+            # torchtune drops the teacher's B ("8_to_1B"); a label like 235B-A22B is kept whole
+            short = teacher.removesuffix("B") if teacher[:-1].replace(".", "").isdigit() else teacher
+            name = f"{family}/{short}_to_{student}_KD_lora"
             name += TUNELIB_SUFFIX if name in taken else ""
             out[ROOT / f"{name}.yaml"] = distillation_config(family, name, student, teacher)
     return out
@@ -252,7 +254,7 @@ def configs() -> dict[Path, str]:
             if repo.startswith("meta-llama/Llama-3.1-"):
                 folder = f"/tmp/Meta-{repo.split('/')[1]}"  # torchtune's folder name, kept
             params = parameter_count(family, size)
-            for method in METHODS:
+            for method in (m for m in METHODS if fam.methods is None or m in fam.methods):
                 name = f"{family}/{label}_{method}"
                 name += TUNELIB_SUFFIX if name in taken else ""
                 text = header(name, method, repo, folder, gpus_needed(params, method))

@@ -12,6 +12,9 @@ A family module (`tunelib/models/<family>.py`) is the one place that names its f
         "configs": {"1B": ("1b", "google/gemma-3-1b-it")},  # shipped configs: label -> (size, Hub repo)
     }
 
+and, optionally, `"methods": ("full", "lora", ...)`: the only methods its configs are made for
+(scripts/make_configs.py's names; default: all of them), for a family some methods cannot train.
+
 This module reads those literals from the source files without importing them (as
 `tunelib.registry` reads recipes' literals), so the tokenizers, the config tools and `tune`
 can use them without torch and without importing the models, which the layering forbids
@@ -27,6 +30,7 @@ from pathlib import Path
 
 MODELS = Path(__file__).resolve().parent / "models"
 _KEYS = ("title", "architecture", "model_type", "tokenizer", "chat_format", "tokenizer_file", "configs")
+_OPTIONAL = ("methods",)
 
 
 @dataclass(frozen=True)
@@ -41,6 +45,7 @@ class Family:
     chat_format: str
     tokenizer_file: str
     configs: dict[str, tuple[str, str]]
+    methods: tuple[str, ...] | None = None  # the methods its configs are made for; None: all
 
     def builder(self, size: str) -> str:
         """The dotted path of the named builder of `size`, e.g. tunelib.models.gemma3.gemma3_1b."""
@@ -70,8 +75,9 @@ def _literal(path: Path) -> dict | None:
                 spec = ast.literal_eval(node.value)
             except ValueError:
                 raise ValueError(f"{path}: FAMILY must be a literal (plain strings, dicts and tuples)") from None
-            if not isinstance(spec, dict) or set(spec) != set(_KEYS):
-                raise ValueError(f"{path}: FAMILY must be a dict with the keys {', '.join(_KEYS)}")
+            if not isinstance(spec, dict) or not set(_KEYS) <= set(spec) <= set(_KEYS + _OPTIONAL):
+                raise ValueError(f"{path}: FAMILY must be a dict with the keys {', '.join(_KEYS)} "
+                                 f"(and optionally {', '.join(_OPTIONAL)})")
             return spec
     return None
 

@@ -79,6 +79,17 @@ def test_a_distillation_teacher_is_counted(tune):
     assert _gib(sharded, "teacher weights") == pytest.approx(14.96 / 4, abs=0.01)
 
 
+def test_mixture_of_experts_qlora_advice_and_step_time_count_the_experts(tune):
+    lora = ("lora_finetune_single_device", "--config", "qwen3_moe/30B-A3B_lora", "device=cpu")
+    _, out, _ = tune("estimate", *lora)
+    _, qlora, _ = tune("estimate", "lora_finetune_single_device", "--config", "qwen3_moe/30B-A3B_qlora", "device=cpu")
+    assert _gib(out, "weights") == pytest.approx(56.87, abs=0.01)  # 30.5B bf16 weights, experts included
+    # the advice quantizes the stacked experts too, as the QLoRA config does (and leaves the routers)
+    advice = re.search(r"model.quantize_base=True \(QLoRA: NF4 decoder weights\): ([\d.]+) GiB", out)
+    assert float(advice.group(1)) == pytest.approx(_gib(qlora, "total"), rel=0.02)  # baselines differ a little
+    assert _gib(qlora, "weights") < 16  # NF4 experts: about 0.52 bytes a weight
+
+
 def test_a_refused_config_gets_what_tune_run_says(tune, tmp_path, capsys):
     folder = tiny_model_folder(tmp_path, "llama3_2")
     capsys.readouterr()  # transformers' progress bar while the folder was written

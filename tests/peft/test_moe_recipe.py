@@ -96,3 +96,30 @@ def test_sharded_moe_lora_on_two_processes_matches_one(tune, tmp_path, quantized
     with torch.no_grad():
         logits = [load_hf_model(tmp_path / run / "final/merged")(ids).logits for run in ("one", "two")]
     torch.testing.assert_close(logits[1], logits[0], atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("recipe, config", [
+    ("lora_finetune_single_device", "qwen3_moe/30B-A3B_lora"),
+    ("lora_dpo_single_device", "mixtral/8x7B_lora_dpo"),
+    ("knowledge_distillation_single_device", "qwen3_moe/235B-A22B_to_30B-A3B_KD_lora"),
+])
+def test_shipped_moe_configs_run(recipe, config, tune, tmp_path):
+    """The MoE families' own configs, pointed at a tiny folder of the family (a teacher of 3 layers)."""
+    family = config.split("/")[0]
+    folder = tiny_model_folder(tmp_path / "m", family)
+    extra: tuple[str, ...] = ("lr_scheduler.num_warmup_steps=0",)
+    data = None
+    if "dpo" in config:
+        from support.data import write_rows
+        from support.recipes import ROWS
+
+        pairs = [{"prompt": r["instruction"], "chosen": r["output"], "rejected": ROWS[(i + 1) % len(ROWS)]["output"]}
+                 for i, r in enumerate(ROWS) if r["output"] != ROWS[(i + 1) % len(ROWS)]["output"]]
+        data = write_rows(tmp_path / "pairs.jsonl", pairs)
+    if "KD" in config:
+        teacher = tiny_model_folder(tmp_path / "t", family, num_hidden_layers=3)
+        extra += ("teacher_model._component_=tunelib.models.from_hf_config", f"teacher_checkpoint_dir={teacher}")
+    run = finetune(tune, recipe, config, folder, tmp_path / "out", *extra, data=data)
+    assert run.code == 0, run.err[-3000:]
+    assert len(run.losses) == 4 and all(m["router_aux_loss"] > 0 for m in run.metrics)
+    assert (tmp_path / "out/final/adapter/adapter_model.safetensors").is_file()

@@ -188,3 +188,17 @@ quantizer:
 def test_quantize_takes_one_way_of_saying_how(tune, overrides, message):
     code, _, err = tune("validate", "quantization", *overrides)
     assert code == 2 and message in err
+
+
+def test_mixture_of_experts_models_are_refused_by_qat_and_quantize(tune, tmp_path, capsys):
+    """QAT rounds nn.Linear weights: a MoE's stacked experts would stay unrounded and its router rounded,
+    the opposite of what it should do; both commands say so in one line, before any step."""
+    moe = tiny_model_folder(tmp_path / "m", "qwen3_moe")
+    capsys.readouterr()  # transformers' progress bar while the folder was written
+    code, _, err = tune("run", QAT[0], "--config", QAT[1], *words(moe, tmp_path / "qat", None, (*ADAMW, GROUPS)))
+    assert code == 2 and "QAT does not reach mixture-of-experts layers" in err and err.count("\n") == 1, err
+    assert not (tmp_path / "qat").exists()
+    code, _, err = tune("run", "quantize", "--config", "quantization", f"checkpoint_dir={moe}",
+                        f"output_dir={tmp_path / 'q'}", "device=cpu")
+    assert code == 2 and "mixture-of-experts model" in err and err.count("\n") == 1, err
+    assert not (tmp_path / "q").exists()

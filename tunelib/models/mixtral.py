@@ -24,7 +24,10 @@ FAMILY = {
     "tokenizer": "mistral_tokenizer",
     "chat_format": "mistral",
     "tokenizer_file": "tokenizer.model",
-    "configs": {},  # no shipped configs yet: add "8x7B": ("8x7b", "mistralai/Mixtral-8x7B-Instruct-v0.1") to make them
+    "configs": {"8x7B": ("8x7b", "mistralai/Mixtral-8x7B-v0.1"),
+                "8x22B": ("8x22b", "mistralai/Mixtral-8x22B-v0.1")},  # the base models: their sizes (vocabulary 32000)
+    # DoRA, LLaMA-Adapter and QAT do not reach stacked experts (DoRA and QAT refuse them).
+    "methods": ("full", "lora", "qlora", "lora_dpo", "full_dpo"),
 }
 ARCHITECTURE = FAMILY["architecture"]
 # MixtralConfig's defaults, for keys a config.json leaves out.

@@ -23,7 +23,9 @@ FAMILY = {
     "tokenizer": "qwen3_tokenizer",
     "chat_format": "qwen3",
     "tokenizer_file": "",
-    "configs": {},  # no shipped configs yet: add "30B-A3B": ("30b_a3b", "Qwen/Qwen3-30B-A3B") to make them
+    "configs": {"30B-A3B": ("30b_a3b", "Qwen/Qwen3-30B-A3B"), "235B-A22B": ("235b_a22b", "Qwen/Qwen3-235B-A22B")},
+    # DoRA, LLaMA-Adapter and QAT do not reach stacked experts (DoRA and QAT refuse them).
+    "methods": ("full", "lora", "qlora", "lora_dpo", "full_dpo"),
 }
 ARCHITECTURE = FAMILY["architecture"]
 # Qwen3MoeConfig's defaults, for keys a config.json leaves out.

@@ -79,8 +79,12 @@ def prepare(model: nn.Module, quantizer: Quantizer, *, enabled: bool = True) -> 
     Raises:
         ConfigError: a group size that does not divide a linear's inputs, NF4 base weights
             (quantize_base), DoRA, a linear class with a forward of its own (LLaMA-Adapter v2),
-            or a model with no decoder-layer linears.
+            a mixture-of-experts model, or a model with no decoder-layer linears.
     """
+    if getattr(getattr(model, "config", None), "num_experts", None) is not None:
+        raise ConfigError(f"QAT does not reach mixture-of-experts layers yet ({model.config.architecture}): their "
+                          "experts are stacked weights, not linears, and the router must stay unrounded; train "
+                          "with lora_finetune or full_finetune instead")
     linears = target_linears(model)
     if not linears:
         raise ConfigError("quantizer: the model has no linear layers inside decoder layers to fake-quantize")

@@ -57,6 +57,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
+from tunelib.models.moe import GroupedLinear, MoE
 from tunelib.peft import adapter_params, apply_peft, is_adapter_key, llama_adapter_spec
 from tunelib.quantization import nf4_transform
 from tunelib.training.objective_setup import REFERENCE, Cost, cost, meta_model
@@ -483,8 +484,12 @@ def _step_seconds(cfg, model: nn.Module, method: str, plan: Plan, device: torch.
 
 
 def _matmul_weights(model: nn.Module) -> int:
-    """N: the weights of every linear layer (decoder linears and the output layer; no embedding lookup)."""
-    return sum(m.weight.numel() for m in model.modules() if isinstance(m, nn.Linear))
+    """N: the weights a token meets in matmuls: every linear layer (decoder linears and the output
+    layer; no embedding lookup) and, of stacked experts, the share of the experts it is routed to."""
+    c = model.config
+    linears = sum(m.weight.numel() for m in model.modules() if isinstance(m, nn.Linear))
+    experts = sum(m.weight.numel() for m in model.modules() if isinstance(m, GroupedLinear))
+    return linears + (experts * c.num_experts_per_tok // c.num_experts if experts else 0)
 
 
 def _peak_flops(cfg, device: torch.device) -> tuple[float | None, str]:
@@ -573,7 +578,10 @@ def _change(what: str, total: int, capacity: int) -> str:
 
 
 def _decoder_linears(model: nn.Module) -> frozenset[str]:
-    """The weights QLoRA keeps in NF4: every linear inside the decoder layers."""
-    names = (f"model.layers.{name}.weight" for name, m in model.model.layers.named_modules()
-             if isinstance(m, nn.Linear))
+    """The weights QLoRA keeps in NF4: every linear and stacked expert weight inside the decoder
+    layers but the mixture-of-experts routers (full precision, as tunelib.peft keeps them)."""
+    modules = dict(model.model.layers.named_modules())
+    routers = {f"{name}.gate" for name, m in modules.items() if isinstance(m, MoE)}
+    names = (f"model.layers.{name}.weight" for name, m in modules.items()
+             if isinstance(m, (nn.Linear, GroupedLinear)) and name not in routers)
     return frozenset(name for name in names if not is_adapter_key(name))
