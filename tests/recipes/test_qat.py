@@ -202,3 +202,15 @@ def test_mixture_of_experts_models_are_refused_by_qat_and_quantize(tune, tmp_pat
                         f"output_dir={tmp_path / 'q'}", "device=cpu")
     assert code == 2 and "mixture-of-experts model" in err and err.count("\n") == 1, err
     assert not (tmp_path / "q").exists()
+
+
+def test_resuming_with_another_quantizer_says_so(folder, tmp_path, capfd):
+    settings = (*ADAMW, "save_every_n_steps=2", "max_steps_per_epoch=3")
+    first = run(*QAT, folder, tmp_path / "out", *settings, GROUPS)
+    assert first.code == 0
+    shutil.rmtree(tmp_path / "out/final")  # as if the run had died after step 2
+    capfd.readouterr()
+    resumed = run(*QAT, folder, tmp_path / "out", *settings, "quantizer.groupsize=16", "resume_from_checkpoint=True")
+    assert resumed.code == 0
+    err = capfd.readouterr().err
+    assert "Warning: resuming with quantizer changed" in err and "'groupsize': 32" in err and "'groupsize': 16" in err

@@ -117,6 +117,17 @@ def test_a_resume_with_another_world_size_is_refused(tmp_path):
         check_resume(saved, {"batch_size": 2, "world_size": 2}, {}, tmp_path)
 
 
+@pytest.mark.parametrize("key, before, now", [("loss", {"_component_": "tunelib.training.DPOLoss", "beta": 0.1},
+                                                {"_component_": "tunelib.training.DPOLoss", "beta": 0.5}),
+                                               ("kd_ratio", 0.5, 0.25), ("teacher_checkpoint_dir", "/t/8B", "/t/70B")])
+def test_a_resume_with_another_objective_warns(tmp_path, capsys, key, before, now):
+    from tunelib.checkpoint.training_state import check_resume
+
+    check_resume({"settings": {"batch_size": 2, key: before}, "fingerprint": None}, {"batch_size": 2, key: now}, {},
+                 tmp_path)
+    assert f"Warning: resuming with {key} changed ({before!r} -> {now!r})" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("override, warning", [
     ("seed=7", "Warning: resuming with seed changed (0 -> 7): the checkpoint's seed and random state are kept"),
     ("epochs=3", "Warning: resuming with epochs changed (2 -> 3): the lr schedule is rebuilt for the new length"),

@@ -29,7 +29,10 @@ FILENAME = "training_state.pt"
 # and local files by content (so a moved file resumes, a rewritten one does not).
 MUST_MATCH = ("batch_size", "gradient_accumulation_steps", "world_size", "dataset")
 # Settings that may change, with a warning: the run continues, but not as it would have.
-MAY_CHANGE = ("epochs", "max_steps_per_epoch", "optimizer", "lr_scheduler", "clip_grad_norm", "seed")
+MAY_CHANGE = ("epochs", "max_steps_per_epoch", "optimizer", "lr_scheduler", "clip_grad_norm", "seed",
+              # what the loss is (DPO's beta, a distillation's divergence and teacher, QAT's rounding);
+              # recipes without the key store None
+              "loss", "kd_loss", "kd_ratio", "teacher_checkpoint_dir", "quantizer", "fake_quant_after_n_steps")
 # Settings that set the run's length: changed, they extend or shorten it.
 LENGTH = ("epochs", "max_steps_per_epoch")
 # Fingerprint entries copied from the user's dataset node: one that the checkpoint lacks is a
@@ -44,7 +47,7 @@ def resume_settings(settings: Any, world_size: int) -> dict[str, Any]:
     def plain(value):
         return OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
 
-    out = {key: plain(getattr(settings, key)) for key in MUST_MATCH + MAY_CHANGE if key != "world_size"}
+    out = {key: plain(getattr(settings, key, None)) for key in MUST_MATCH + MAY_CHANGE if key != "world_size"}
     out["world_size"] = world_size
     return out
 
