@@ -95,7 +95,9 @@ def test_sharded_moe_lora_on_two_processes_matches_one(tune, tmp_path, quantized
     ids = torch.randint(0, 500, (2, 10), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         logits = [load_hf_model(tmp_path / run / "final/merged")(ids).logits for run in ("one", "two")]
-    torch.testing.assert_close(logits[1], logits[0], atol=1e-4, rtol=1e-4)
+    # Two processes sum gradients in another order: after 4 steps the adapters differ in their last
+    # bits, which the merged models' logits show at about 1e-4 (CI saw 1.4e-4 once).
+    torch.testing.assert_close(logits[1], logits[0], atol=5e-4, rtol=1e-4)
 
 
 @pytest.mark.parametrize("recipe, config", [

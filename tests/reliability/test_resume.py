@@ -138,7 +138,9 @@ def test_a_resume_with_other_settings_warns_and_continues(tune, folder, data, st
     assert result.code == 0, result.err
     assert warning in result.err
     if override.startswith("seed"):  # the saved random state wins, so the run is still exact
-        assert result.losses == straight.losses[4:]
+        # Run in this process, not a fresh one as the straight run was, a loss may differ in its last
+        # bit (CI saw 5e-7 at step 8, 1 run in 2 here); another dropout mask moves them far more.
+        assert result.losses == pytest.approx(straight.losses[4:], rel=1e-6, abs=0)
 
 
 # -- keep_last_n_checkpoints ----------------------------------------------------------------------
