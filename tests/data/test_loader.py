@@ -133,7 +133,8 @@ def test_collate_pads_to_the_longest_or_a_fixed_length():
     assert batch["input_ids"].tolist() == [[5, 6, 7], [8, 0, 0]]
     assert batch["labels"].tolist() == [[6, 7, -100], [-100, -100, -100]]
     assert batch["position_ids"].tolist() == [[0, 1, 2], [0, 1, 2]]
-    assert all(t.dtype == torch.long for t in batch.values())
+    assert batch["token_mask"].tolist() == [[True, True, True], [True, False, False]]
+    assert all(t.dtype == torch.long for k, t in batch.items() if k != "token_mask")
     assert collate(samples, pad_id=0, pad_to=6)["input_ids"].shape == (2, 6)
     assert collate(samples, pad_id=0, pad_to_multiple_of=4)["input_ids"].shape == (2, 4)
     with pytest.raises(DataError, match="a sample has 3 tokens but the loader's pad_to is 2"):
@@ -161,10 +162,14 @@ def test_real_dataset_batches(llama3, tmp_path):
     data = D.alpaca_dataset(llama3, source="json", data_files=str(path))
     loader = D.build_loader(data, batch_size=2, seed=0)
     batch = next(iter(loader))
-    assert set(batch) == {"input_ids", "labels", "position_ids", "num_tokens"}
+    assert set(batch) == {"input_ids", "labels", "position_ids", "token_mask", "num_tokens"}
     assert batch["input_ids"].shape == batch["labels"].shape == batch["position_ids"].shape
     pads = batch["input_ids"] == llama3.pad_id
     assert (batch["labels"][pads] == -100).all()
+    # token_mask: each row's own tokens, then padding to the longest row
+    lengths = batch["token_mask"].sum(1).tolist()
+    assert sum(lengths) == batch["num_tokens"] and max(lengths) == batch["input_ids"].shape[1] > min(lengths)
+    assert all(batch["token_mask"][r, :n].all() and not batch["token_mask"][r, n:].any() for r, n in enumerate(lengths))
     # Labels are already shifted: a trained label is the next input token.
     rows, cols = torch.nonzero(batch["labels"][:, :-1] != -100, as_tuple=True)
     assert torch.equal(batch["labels"][rows, cols], batch["input_ids"][rows, cols + 1])

@@ -88,7 +88,7 @@ def test_packed_builder_and_loader_batches(short_chat, tmp_path):
     assert len(packed) < len(unpacked)
     loader = D.build_loader(packed, batch_size=2, shuffle=False, drop_last=False)
     for batch in loader:
-        assert set(batch) == {"input_ids", "labels", "position_ids", "document_ids", "num_tokens"}
+        assert set(batch) == {"input_ids", "labels", "position_ids", "document_ids", "token_mask", "num_tokens"}
         assert batch["input_ids"].shape[1] == 256  # packs always have the same length
         pad = batch["input_ids"] == llama3.pad_id
         assert (batch["labels"][pad] == -100).all()

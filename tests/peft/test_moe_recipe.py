@@ -82,8 +82,10 @@ def test_qlora_run_on_nf4_experts(tune, tmp_path):
 def test_sharded_moe_lora_on_two_processes_matches_one(tune, tmp_path, quantized):
     # Each process keeps 2 of the 4 experts of every stacked weight (NF4 ones too, under QLoRA;
     # hidden 256 so that every NF4 weight splits into whole blocks of scales on 2 processes).
+    # The load-balancing loss is off: it is a product of per-expert means over each process's own
+    # tokens (as transformers computes it per forward), so with it 2 processes are not 1 exactly.
     folder = tiny_model_folder(tmp_path / "m", "mixtral", hidden_size=256, intermediate_size=256,
-                               num_key_value_heads=4)
+                               num_key_value_heads=4, router_aux_loss_coef=0.0)
     settings = (*SETTINGS, f"model.quantize_base={quantized}")
     one = finetune(tune, "lora_finetune_single_device", CONFIG, folder, tmp_path / "one", *settings, "batch_size=4")
     two = torchrun_finetune(2, "lora_finetune_distributed", CONFIG, folder, tmp_path / "two", *settings,
@@ -95,9 +97,7 @@ def test_sharded_moe_lora_on_two_processes_matches_one(tune, tmp_path, quantized
     ids = torch.randint(0, 500, (2, 10), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         logits = [load_hf_model(tmp_path / run / "final/merged")(ids).logits for run in ("one", "two")]
-    # Two processes sum gradients in another order: after 4 steps the adapters differ in their last
-    # bits, which the merged models' logits show at about 1e-4 (CI saw 1.4e-4 once).
-    torch.testing.assert_close(logits[1], logits[0], atol=5e-4, rtol=1e-4)
+    torch.testing.assert_close(logits[1], logits[0], atol=1e-4, rtol=1e-4)
 
 
 @pytest.mark.parametrize("recipe, config", [

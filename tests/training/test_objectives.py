@@ -42,6 +42,23 @@ def test_sft_adds_the_router_loss_once_per_trained_token(moe):
     torch.testing.assert_close(terms.metrics["router_aux_loss"] / tokens, aux)
 
 
+def test_padding_is_left_out_of_the_router_loss_as_transformers_attention_mask_does(moe):
+    from support.models import make_hf_model
+
+    b = batch(moe.config.vocab_size)
+    b["token_mask"] = torch.ones_like(b["input_ids"], dtype=torch.bool)
+    b["token_mask"][1, 6:] = False  # row 1 is 6 tokens long, then padding (right-padded, as collate pads)
+    b["labels"][1, 5:] = -100
+    terms = NextToken(LinearCrossEntropyLoss())(moe, b)
+    tokens = (b["labels"] != -100).sum()
+    hf = make_hf_model("qwen3_moe")  # the weights of the folder `moe` was read from
+    with torch.no_grad():
+        theirs = hf(b["input_ids"], attention_mask=b["token_mask"].long(), output_router_logits=True).aux_loss
+    torch.testing.assert_close(terms.metrics["router_aux_loss"] / tokens, theirs, atol=1e-6, rtol=0)
+    unmasked = NextToken(LinearCrossEntropyLoss())(moe, {k: v for k, v in b.items() if k != "token_mask"})
+    assert abs(unmasked.metrics["router_aux_loss"] / tokens - theirs) > 1e-4  # what counting the padding gave
+
+
 def test_a_zero_coefficient_leaves_the_cross_entropy_alone(moe, monkeypatch):
     b = batch(moe.config.vocab_size)
     monkeypatch.setattr(moe, "config", dataclasses.replace(moe.config, router_aux_loss_coef=0.0))

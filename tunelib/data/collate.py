@@ -15,8 +15,9 @@ def collate(samples: list[dict], *, pad_id: int = 0, pad_to: int | None = None,
     T is the longest sample, rounded up to `pad_to_multiple_of`, or exactly `pad_to` (fixed
     shapes help torch.compile). Returns input_ids (pads = `pad_id`), labels (pads = -100),
     position_ids (0, 1, ... per sample, or the pack's own) and, for packed samples,
-    document_ids (pads get a document of their own), and num_tokens, the count of real tokens. Raises DataError when a sample is longer
-    than `pad_to`.
+    document_ids (pads get a document of their own), token_mask (True on real tokens, False on
+    padding: what a mixture-of-experts load-balancing loss leaves out), and num_tokens, the
+    count of real tokens. Raises DataError when a sample is longer than `pad_to`.
     """
     longest = max(len(s["tokens"]) for s in samples)
     if pad_to is not None:
@@ -31,6 +32,7 @@ def collate(samples: list[dict], *, pad_id: int = 0, pad_to: int | None = None,
         "input_ids": torch.full((len(samples), length), pad_id, dtype=torch.long),
         "labels": torch.full((len(samples), length), IGNORE_INDEX, dtype=torch.long),
         "position_ids": torch.arange(length, dtype=torch.long).repeat(len(samples), 1),
+        "token_mask": torch.zeros((len(samples), length), dtype=torch.bool),
     }
     if packed:
         batch["document_ids"] = torch.zeros((len(samples), length), dtype=torch.long)
@@ -40,6 +42,7 @@ def collate(samples: list[dict], *, pad_id: int = 0, pad_to: int | None = None,
         n = len(s["tokens"])
         batch["input_ids"][row, :n] = torch.as_tensor(s["tokens"], dtype=torch.long)
         batch["labels"][row, :n] = torch.as_tensor(s["labels"], dtype=torch.long)
+        batch["token_mask"][row, :n] = True
         if packed:
             positions = torch.as_tensor(s["position_ids"], dtype=torch.long)
             documents = torch.as_tensor(s["document_ids"], dtype=torch.long)

@@ -40,18 +40,21 @@ def model_inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor | Non
     return {"position_ids": batch.get("position_ids"), "document_ids": batch.get("document_ids")}
 
 
-def router_loss(model: torch.nn.Module) -> torch.Tensor | None:
-    """A mixture-of-experts model's load-balancing loss of the forward just run (read it before
-    another forward of the model), or None for a dense model or a 0 `router_aux_loss_coef`."""
-    return router_aux_loss(model) if getattr(model.config, "router_aux_loss_coef", 0.0) else None
+def router_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor | None:
+    """A mixture-of-experts model's load-balancing loss of the forward just run on `batch` (read
+    it before another forward of the model), padding left out (the batch's `token_mask`, as
+    transformers' attention_mask), or None for a dense model or a 0 `router_aux_loss_coef`."""
+    if not getattr(model.config, "router_aux_loss_coef", 0.0):
+        return None
+    return router_aux_loss(model, batch.get("token_mask"))
 
 
-def with_router_loss(model: torch.nn.Module, terms: Terms, units: torch.Tensor | int,
-                     aux: torch.Tensor | None = None) -> Terms:
-    """`terms` plus the load-balancing loss (`aux`, default `router_loss(model)`) times
+def with_router_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor], terms: Terms,
+                     units: torch.Tensor | int, aux: torch.Tensor | None = None) -> Terms:
+    """`terms` plus the load-balancing loss (`aux`, default `router_loss(model, batch)`) times
     `config.router_aux_loss_coef`, counted once per unit so the step's mean carries it once,
     and logged as `router_aux_loss`; `terms` unchanged for a dense model."""
-    aux = router_loss(model) if aux is None else aux
+    aux = router_loss(model, batch) if aux is None else aux
     if aux is None:
         return terms
     coef = model.config.router_aux_loss_coef

@@ -43,4 +43,4 @@ class Distillation(NextToken):
                           trained_rows=batch.get("trained_rows"))
         loss = (1 - self.kd_ratio) * class_loss + self.kd_ratio * kd
         terms = Terms(loss, {"class_loss": class_loss.detach(), "kd_loss": kd.detach()})
-        return with_router_loss(model, terms, (batch["labels"] != -100).sum())
+        return with_router_loss(model, batch, terms, (batch["labels"] != -100).sum())

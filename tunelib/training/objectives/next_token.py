@@ -36,4 +36,4 @@ class NextToken:
 
     def __call__(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> Terms:
         trained = (batch["labels"] != -100).sum()  # on the device: no host read
-        return with_router_loss(model, Terms(self.loss(model, batch)), trained)
+        return with_router_loss(model, batch, Terms(self.loss(model, batch)), trained)

@@ -57,7 +57,7 @@ class Preference:
         logps, tokens = sequence_log_probs(model, hidden, batch["labels"], chunks=self.chunks)  # (2B,), (2B,)
         chosen, rejected = logps.chunk(2)
         chosen_tokens, rejected_tokens = tokens.chunk(2)
-        aux = router_loss(model)  # of the policy's forward, before a reference forward replaces it
+        aux = router_loss(model, batch)  # of the policy's forward, before a reference forward replaces it
         ref_chosen = ref_rejected = None
         if self.loss.needs_reference:
             ref_chosen, ref_rejected = self.reference(model, batch).chunk(2)
@@ -66,4 +66,5 @@ class Preference:
         good, bad = terms.chosen_rewards.detach(), terms.rejected_rewards.detach()
         sums = (good.sum(), bad.sum(), (good > bad).float().sum(), (good - bad).sum(),
                 chosen.detach().sum(), rejected.detach().sum())
-        return with_router_loss(model, Terms(terms.losses.sum(), dict(zip(METRICS, sums))), chosen.shape[0], aux)
+        return with_router_loss(model, batch, Terms(terms.losses.sum(), dict(zip(METRICS, sums))), chosen.shape[0],
+                                aux)
