@@ -178,7 +178,8 @@ def estimate(cfg, model: nn.Module, method: str, *, world_size: int, device: tor
         result.notes.append("fsdp_cpu_offload=True keeps the shards and optimizer states in CPU memory; "
                             "they are counted here as if on the device")
     if time_step:
-        forwards = extra.reference_forwards * _matmul_weights(model) + sum(_matmul_weights(m) for m in extra.frozen.values())
+        forwards = extra.reference_forwards * _matmul_weights(model)
+        forwards += sum(_matmul_weights(m) for m in extra.frozen.values())
         result.step_seconds, result.time_note = _step_seconds(cfg, model, method, plan, device, forwards)
     if result.fits is False:
         result.advice = _advice(cfg, model, method, plan, acts, dtype, device, result.capacity, frozen)
@@ -338,7 +339,8 @@ def _optimizer_bytes(cfg, model: nn.Module, plan: Plan, dtype: torch.dtype) -> i
 def _loss_bytes(cfg, model: nn.Module, plan: Plan, dtype: torch.dtype) -> int:
     """The loss's buffers at their peak: the hidden states' gradient (and the output layer's when
     it trains), the trained rows' copy, and one chunk's fp32 logits with their gradient."""
-    rows, hidden, vocab = plan.batch_size * plan.sequences * plan.seq_len, model.config.hidden_size, model.config.vocab_size
+    rows = plan.batch_size * plan.sequences * plan.seq_len
+    hidden, vocab = model.config.hidden_size, model.config.vocab_size
     chunks = _chunks(cfg)
     size = dtype.itemsize
     head = model.lm_head.weight

@@ -44,8 +44,7 @@ from tunelib.training.estimate import estimate
 from tunelib.training.fingerprint import run_fingerprint
 from tunelib.training.loggers import JSONLLogger, MetricLoggers
 from tunelib.training.loop import Run, TrainState
-from tunelib.training.objective_setup import Parts, built
-from tunelib.training.objective_setup import cost as objective_cost
+from tunelib.training.objective_setup import Parts, built, cost as objective_cost
 from tunelib.training.optim import OptimizerInBackward
 from tunelib.training.signals import StopOnSignal, TermDuringSetup
 from tunelib.training.trained import LLAMA_ADAPTER, Recipe, Trained
