@@ -36,6 +36,8 @@ def test_loss_mixes_cross_entropy_and_kl_by_kd_ratio(tune, student, teacher, tmp
     for m in result.metrics:
         assert m["loss"] == pytest.approx(0.7 * m["class_loss"] + 0.3 * m["kd_loss"], rel=1e-5)
         assert m["kd_loss"] > 0  # a different teacher: the distributions differ
+    steps = [line for line in result.out.splitlines() if line.startswith("step ")]
+    assert len(steps) == 4 and all("kd_loss=" in line for line in steps), steps
     assert result.metrics[-1]["kd_loss"] < result.metrics[0]["kd_loss"]  # the student moves towards it
     assert (tmp_path / "out/final/adapter/adapter_model.safetensors").is_file()
 

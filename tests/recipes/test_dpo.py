@@ -55,6 +55,9 @@ def test_lora_dpo_starts_at_ln2_and_logs_torchtunes_metrics(tune, folder, data, 
     assert first["loss"] == pytest.approx(math.log(2), abs=1e-6)
     assert first["rewards/margins"] == pytest.approx(0, abs=1e-6)
     assert all(name in first for name in METRICS)
+    # the console line says whether DPO is learning, not only the loss
+    line = next(line for line in result.out.splitlines() if line.startswith("step 1/"))
+    assert "loss=0.693" in line and "rewards/accuracies=0" in line and "rewards/margins=" in line, line
     assert result.losses[-1] < result.losses[0]
     assert (tmp_path / "out/final/adapter/adapter_config.json").is_file()
 

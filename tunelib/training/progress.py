@@ -1,6 +1,7 @@
 """What the user watches during training: a progress bar, or one line per log step.
 
-In a terminal a tqdm bar shows step/total, loss, lr, tokens/s, memory and ETA. When output
+In a terminal a tqdm bar shows step/total, loss (and a DPO run's reward accuracy and margin, a
+distillation's kd_loss), lr, tokens/s, memory and ETA. When output
 goes to a file (a batch job, CI), a bar would write carriage returns, so one plain line per
 logged step is printed instead.
 """
@@ -10,6 +11,11 @@ from __future__ import annotations
 import sys
 import time
 from typing import Any
+
+
+# Shown when a step logs them: the loss, what tells a DPO or distillation run is learning (the
+# rest of an objective's metrics are in the metrics file), the learning rate, speed and memory.
+SHOWN = ("loss", "rewards/accuracies", "rewards/margins", "kd_loss", "lr", "tokens_per_second", "peak_memory_gib")
 
 
 class Progress:
@@ -28,7 +34,7 @@ class Progress:
         """Show the metrics of optimizer step `step`."""
         if not self.enabled:
             return
-        shown = {k: _short(metrics[k]) for k in ("loss", "lr", "tokens_per_second", "peak_memory_gib") if k in metrics}
+        shown = {k: _short(metrics[k]) for k in SHOWN if k in metrics}
         if self._bar is not None:
             self._bar.update(step - self._bar.n)
             self._bar.set_postfix(shown, refresh=False)
