@@ -171,6 +171,17 @@ def test_vllm_is_pointed_at_the_merged_folder_for_dora(tmp_path):
     assert "--enable-lora" not in alone and f"tune merge_lora --adapter {final / 'adapter'}" in alone
 
 
+def test_the_export_command_says_to_install_gguf_when_it_is_missing(tmp_path, monkeypatch):
+    from tunelib.training import report
+
+    monkeypatch.setattr(report, "gguf_installed", lambda: False)  # `pip install tunelib`, as the demo installs it
+    line = next_commands(tmp_path / "final", "/models/base", adapter=False, merged=False, prompt=None)[-1]
+    assert line == f"  pip install 'tunelib[gguf]' && tune export gguf {tmp_path / 'final'} -o {tmp_path / 'model.gguf'}"
+    monkeypatch.setattr(report, "gguf_installed", lambda: True)
+    line = next_commands(tmp_path / "final", "/models/base", adapter=False, merged=False, prompt=None)[-1]
+    assert line == f"  tune export gguf {tmp_path / 'final'} -o {tmp_path / 'model.gguf'}"
+
+
 def test_next_commands_for_an_adapter_without_a_merged_folder(tmp_path):
     lines = next_commands(tmp_path / "final", "/models/base", adapter=True, merged=False, prompt='Say "hi"')
     assert lines[0] == f"  tune chat /models/base --adapter {tmp_path / 'final/adapter'}"

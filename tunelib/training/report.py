@@ -3,6 +3,7 @@ to resume a stopped run."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shlex
@@ -103,9 +104,17 @@ def next_commands(final: Path, base_model: str, *, adapter: bool, merged: bool, 
     chat_adapter = f" --adapter {final / 'adapter'}" if extra else ""
     asked = _shell_setting("prompt", prompt or "Hello")
     tune = program()  # `tunelib` when the run was started as `tunelib`: its `tune` may be torchtune's
+    # A plain `pip install tunelib` (the README's demo) lacks the gguf package the export needs.
+    install = "" if gguf_installed() else "pip install 'tunelib[gguf]' && "
     return [f"  {tune} chat {model}{chat_adapter}",
             f"  {tune} run generate --config generation checkpoint_dir={model}{extra} {asked}",
-            f"  {tune} export gguf {final} -o {final.parent / 'model.gguf'}{f' --base {base_model}' if extra else ''}"]
+            f"  {install}{tune} export gguf {final} -o {final.parent / 'model.gguf'}"
+            f"{f' --base {base_model}' if extra else ''}"]
+
+
+def gguf_installed() -> bool:
+    """Whether the gguf package `tune export gguf` writes with can be imported."""
+    return importlib.util.find_spec("gguf") is not None
 
 
 def _shell_setting(key: str, value: str) -> str:
