@@ -1,4 +1,5 @@
-"""`tune run` LoRA on the mixture-of-experts families: adapters PEFT loads, sharded runs equal one process."""
+"""`tune run` LoRA on the mixture-of-experts families: adapters PEFT loads, sharded runs equal one process,
+and the families' shipped configs (LoRA, DPO, distillation) run."""
 
 from __future__ import annotations
 
@@ -6,8 +7,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from support.data import write_rows
 from support.models import load_hf_model
-from support.recipes import finetune, tiny_model_folder, torchrun_finetune
+from support.recipes import ROWS, finetune, tiny_model_folder, torchrun_finetune
 
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::UserWarning")]
 CONFIG = "llama3_2/1B_lora_tunelib"  # its model node is replaced by from_hf_config on the tiny folder
@@ -112,9 +114,6 @@ def test_shipped_moe_configs_run(recipe, config, tune, tmp_path):
     extra: tuple[str, ...] = ("lr_scheduler.num_warmup_steps=0",)
     data = None
     if "dpo" in config:
-        from support.data import write_rows
-        from support.recipes import ROWS
-
         pairs = [{"prompt": r["instruction"], "chosen": r["output"], "rejected": ROWS[(i + 1) % len(ROWS)]["output"]}
                  for i, r in enumerate(ROWS) if r["output"] != ROWS[(i + 1) % len(ROWS)]["output"]]
         data = write_rows(tmp_path / "pairs.jsonl", pairs)
