@@ -68,8 +68,10 @@ def _same_losses(resumed: list[float], straight: list[float]) -> bool:
 
 
 def _same_weights(ours: dict[str, torch.Tensor], theirs: dict[str, torch.Tensor]) -> bool:
-    """As `_same_losses`, for the saved tensors."""
-    return ours.keys() == theirs.keys() and all(torch.allclose(ours[k], theirs[k], rtol=1e-5, atol=1e-8)
+    """As `_same_losses`, for the saved tensors: AdamW divides by each weight's own gradient scale,
+    so last-bit differences show as up to ~1e-7 on adapter entries of ~1e-2 (CI saw 1.2e-7); a lost
+    random state redraws lora_A, and lost data moves entries by about the learning rate (3e-3)."""
+    return ours.keys() == theirs.keys() and all(torch.allclose(ours[k], theirs[k], rtol=1e-4, atol=1e-6)
                                                 for k in ours)
 
 
