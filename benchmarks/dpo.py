@@ -63,10 +63,11 @@ import json
 import math
 import os
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
+
+from side_by_side import interleaved, peak_rss_gib, run_process, step_rows
 
 HERE = Path(__file__).resolve().parent
 TESTS = HERE.parent / "tests"
@@ -132,14 +133,6 @@ def write_pairs(path: Path, folder: Path, batch: int, seq: int) -> Path:
 
 
 # ---------------------------------------------------------------- one library, one process
-
-
-def peak_rss_gib() -> float:
-    """This process's peak resident memory so far (VmHWM), in GiB."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) * 1024 / 1024**3
-    raise RuntimeError("no VmHWM in /proc/self/status")
 
 
 def ids_sha(rows: list[tuple[list[int], list[int]]]) -> str:
@@ -270,38 +263,22 @@ def run_worker(library: str, args, folder: Path, pairs: Path) -> dict:
            "--batch", str(args.batch), "--seq", str(args.seq), "--warmup", str(args.warmup), "--steps", str(args.steps)]
     if args.threads:
         cmd += ["--threads", str(args.threads)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
-    if proc.returncode != 0:
-        raise RuntimeError(f"{library} worker failed:\n{proc.stderr[-3000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return run_process(library, cmd, env)
 
 
 def table(runs: list[dict]) -> str:
-    by = {lib: [r for r in runs if r["library"] == lib] for lib in LIBRARIES}
-    ratios = {key: [a[key] / b[key] for a, b in zip(by["tunelib"], by["trl"])]
-              for key in ("step_s", "step_cpu_s", "peak_gib")}
-
-    def med(lib, key):
-        return statistics.median(r[key] for r in by[lib])
-
-    def ratio(key):
-        values = ratios[key]
-        return f"{statistics.median(values):.2f} [{min(values):.2f}–{max(values):.2f}]"
-
-    first = {lib: by[lib][0]["losses"][0] for lib in LIBRARIES}
+    rows, repeats = step_rows(runs, "tunelib", "trl")
+    first = {r["library"]: r for r in runs if r["repeat"] == 0}
     same_ids = len({r["ids_sha"] for r in runs}) == 1
     lines = [
         f"| | {NAMES['tunelib']} | {NAMES['trl']} | tunelib ÷ TRL |",
         "|---|---:|---:|---:|",
-        f"| step time (s, median) | {med('tunelib', 'step_s'):.3f} | {med('trl', 'step_s'):.3f} | {ratio('step_s')} |",
-        f"| step CPU time (s, median) | {med('tunelib', 'step_cpu_s'):.3f} | {med('trl', 'step_cpu_s'):.3f} "
-        f"| {ratio('step_cpu_s')} |",
-        f"| peak RSS (GiB, median) | {med('tunelib', 'peak_gib'):.3f} | {med('trl', 'peak_gib'):.3f} "
-        f"| {ratio('peak_gib')} |",
-        f"| first-step DPO loss | {first['tunelib']:.6f} | {first['trl']:.6f} | ln 2 = {math.log(2):.6f} |",
+        *rows,
+        f"| first-step DPO loss | {first['tunelib']['losses'][0]:.6f} | {first['trl']['losses'][0]:.6f} "
+        f"| ln 2 = {math.log(2):.6f} |",
         "",
-        f"{len(ratios['step_s'])} repeats; {by['tunelib'][0]['rows']} rows a step "
-        f"({by['tunelib'][0]['rows'] // 2} pairs); token ids and trained positions "
+        f"{repeats} repeats; {first['tunelib']['rows']} rows a step "
+        f"({first['tunelib']['rows'] // 2} pairs); token ids and trained positions "
         f"{'the same on both sides' if same_ids else 'DIFFER between the sides'}.",
     ]
     return "\n".join(lines)
@@ -337,14 +314,7 @@ def main() -> int:
     pairs = write_pairs(args.work / f"pairs-b{args.batch}-s{args.seq}.jsonl", folder, args.batch, args.seq)
     out = args.out or HERE / "results" / f"dpo-{dt.datetime.now():%Y%m%d-%H%M%S}"
     out.mkdir(parents=True, exist_ok=True)
-    runs = []
-    for repeat in range(args.repeats):
-        order = LIBRARIES if repeat % 2 == 0 else LIBRARIES[::-1]
-        for library in order:
-            run = {**run_worker(library, args, folder, pairs), "repeat": repeat}
-            print(json.dumps(run), flush=True)
-            runs.append(run)
-    runs.sort(key=lambda r: (r["repeat"], LIBRARIES.index(r["library"])))
+    runs = interleaved(LIBRARIES, args.repeats, lambda library: run_worker(library, args, folder, pairs))
     text = table(runs)
     (out / "runs.json").write_text(json.dumps({"shape": SHAPES[shape], "batch": args.batch, "seq": args.seq,
                                                "warmup": args.warmup, "steps": args.steps, "threads": args.threads,

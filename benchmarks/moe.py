@@ -34,10 +34,11 @@ import datetime as dt
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
+
+from side_by_side import interleaved, peak_rss_gib, run_process, step_rows
 
 HERE = Path(__file__).resolve().parent
 LIBRARIES = ("tunelib", "transformers")
@@ -67,14 +68,6 @@ def write_model(folder: Path, shape: dict) -> Path:
 
 
 # ---------------------------------------------------------------- one library, one process
-
-
-def peak_rss_gib() -> float:
-    """This process's peak resident memory so far (VmHWM), in GiB."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) * 1024 / 1024**3
-    raise RuntimeError("no VmHWM in /proc/self/status")
 
 
 def tunelib_step(folder: Path):
@@ -148,36 +141,18 @@ def run_worker(library: str, args, folder: Path) -> dict:
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads)) if args.threads else dict(os.environ)
     cmd = [sys.executable, __file__, "--worker", library, "--folder", str(folder), "--batch", str(args.batch),
            "--seq", str(args.seq), "--warmup", str(args.warmup), "--steps", str(args.steps)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
-    if proc.returncode != 0:
-        raise RuntimeError(f"{library} worker failed:\n{proc.stderr[-3000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return run_process(library, cmd, env)
 
 
 def table(runs: list[dict]) -> str:
-    by = {lib: [r for r in runs if r["library"] == lib] for lib in LIBRARIES}
-    ratios = {key: [a[key] / b[key] for a, b in zip(by["tunelib"], by["transformers"])]
-              for key in ("step_s", "step_cpu_s", "peak_gib")}
-
-    def med(lib, key):
-        return statistics.median(r[key] for r in by[lib])
-
-    def ratio(key):
-        values = ratios[key]
-        return f"{statistics.median(values):.2f} [{min(values):.2f}–{max(values):.2f}]"
-
-    first = abs(by["tunelib"][0]["losses"][0] - by["transformers"][0]["losses"][0])
+    rows, repeats = step_rows(runs, "tunelib", "transformers")
+    first = [r["losses"][0] for r in runs if r["repeat"] == 0]
     return "\n".join([
         "| | tunelib | transformers + PEFT | tunelib ÷ transformers |",
         "|---|---:|---:|---:|",
-        f"| step time (s, median) | {med('tunelib', 'step_s'):.3f} | {med('transformers', 'step_s'):.3f} "
-        f"| {ratio('step_s')} |",
-        f"| step CPU time (s, median) | {med('tunelib', 'step_cpu_s'):.3f} | {med('transformers', 'step_cpu_s'):.3f} "
-        f"| {ratio('step_cpu_s')} |",
-        f"| peak RSS (GiB, median) | {med('tunelib', 'peak_gib'):.3f} | {med('transformers', 'peak_gib'):.3f} "
-        f"| {ratio('peak_gib')} |",
+        *rows,
         "",
-        f"{len(ratios['step_s'])} repeats; first-step loss difference {first:.2e}.",
+        f"{repeats} repeats; first-step loss difference {abs(first[0] - first[1]):.2e}.",
     ])
 
 
@@ -204,14 +179,7 @@ def main() -> int:
     folder = write_model(args.work / f"qwen3-moe-{shape}", SHAPES[shape])
     out = args.out or HERE / "results" / f"moe-{dt.datetime.now():%Y%m%d-%H%M%S}"
     out.mkdir(parents=True, exist_ok=True)
-    runs = []
-    for repeat in range(args.repeats):
-        order = LIBRARIES if repeat % 2 == 0 else LIBRARIES[::-1]
-        for library in order:
-            run = {**run_worker(library, args, folder), "repeat": repeat}
-            print(json.dumps(run), flush=True)
-            runs.append(run)
-    runs.sort(key=lambda r: (r["repeat"], LIBRARIES.index(r["library"])))
+    runs = interleaved(LIBRARIES, args.repeats, lambda library: run_worker(library, args, folder))
     text = table(runs)
     (out / "runs.json").write_text(json.dumps({"shape": SHAPES[shape], "batch": args.batch, "seq": args.seq,
                                                "runs": runs}, indent=1))
